@@ -1,0 +1,70 @@
+"""Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxthink.models.config import ModelConfig
+from jaxthink.models.layers import Linear, RMSNorm, _rule
+from jaxthink.models.rope import apply_rope
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+  inv_freq: np.ndarray  # [head_dim // 2], static
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  quant: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array,
+               kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
+    """One attention layer.
+
+    Args:
+      x: `[batch, seq, hidden]`.
+      positions: `[batch, seq]` rotary positions.
+      allowed: `[batch, seq, keys]` bool, which keys each query may attend to.
+      kv: this layer's cached `(k, v)`, each `[batch, max_len, kv_heads, head_dim]`, or None.
+      index: `[]` slot where this call's keys are written (with `kv`).
+
+    Returns:
+      `[batch, seq, hidden]` and the updated `(k, v)` (None without a cache).
+    """
+    cfg = self.config
+    b, t, _ = x.shape
+    linear = lambda name, n, bias: Linear(n, bias, self.dtype, self.param_dtype,
+                                          _rule(self.quant, name), name=name)
+    q = linear("q_proj", cfg.num_heads * cfg.head_dim, cfg.qkv_bias)(x)
+    k = linear("k_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)(x)
+    v = linear("v_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)(x)
+    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # Qwen3: per-head RMSNorm before rotation
+      q = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="k_norm")(k)
+    q = apply_rope(q, positions, self.inv_freq)
+    k = apply_rope(k, positions, self.inv_freq)
+
+    if kv is not None:
+      cache_k, cache_v = kv
+      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+      kv = (k, v)
+
+    groups = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(self.dtype),
+                        preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim).astype(np.float32)
+    # A finite minimum keeps fully-masked rows (left padding) finite instead of NaN.
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
+    out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
+    return linear("o_proj", cfg.hidden_size, cfg.o_bias)(out), kv
