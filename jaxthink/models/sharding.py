@@ -49,4 +49,8 @@ def make_mesh(data: int, model: int, devices=None) -> Mesh:
   if data * model > len(devices):
     raise ValueError(f"mesh ({data}, {model}) needs {data * model} devices, only {len(devices)} "
                      "are visible; shrink the mesh or run on more devices.")
-  return jax.make_mesh((data, model), ("data", "model"), devices=devices[:data * model])
+  # Auto axes: XLA propagates shardings from the parameters (explicit sharding-in-types would
+  # need an out_sharding on every gather).
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((data, model), ("data", "model"), axis_types=auto,
+                       devices=devices[:data * model])
