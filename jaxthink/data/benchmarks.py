@@ -10,6 +10,7 @@ math500       test         ``answer`` (LaTeX)
 aime24        test         ``answer`` (integer as text, leading zeros kept: ``"025"``)
 aime25        test         ``answer``
 amc23         test         ``answer`` (a JSON number; ``27.0`` becomes ``"27"``)
+tiny          test         ``answer`` (the embedded model's synthetic task, ``jaxthink/tiny/data``)
 ============  ===========  =========================================================================
 
 Every example holds ``id``, ``problem``, ``answer`` (gold, text) and ``solution`` (the reference
@@ -101,6 +102,13 @@ def _amc(row: dict, split: str, index: int, where: str) -> Problem:
                    solution="")
 
 
+def _tiny(row: dict, split: str, index: int, where: str) -> Problem:
+    return Problem(id=_field(row, "id", (str,), where),
+                   problem=_field(row, "problem", (str,), where),
+                   answer=_field(row, "answer", (str,), where),
+                   solution=_field(row, "solution", (str,), where))
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSpec:
     folder: str
@@ -114,6 +122,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "aime24": BenchmarkSpec("aime24", ("test",), _aime),
     "aime25": BenchmarkSpec("aime25", ("test",), _aime),
     "amc23": BenchmarkSpec("amc23", ("test",), _amc),
+    # The embedded tiny model's held-out synthetic problems (jaxthink/tiny/data).
+    "tiny": BenchmarkSpec("tiny", ("test",), _tiny),
 }
 
 
@@ -168,7 +178,7 @@ class JaxthinkMath(tfds.core.GeneratorBasedBuilder):
     """tfds builder with one config per benchmark; reads JSONL files from the manual directory."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "gsm8k, math500, aime24, aime25, amc23 from JSONL."}
+    RELEASE_NOTES = {"1.0.0": "gsm8k, math500, aime24, aime25, amc23, tiny from JSONL."}
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in BENCHMARKS]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass download_config=tfds.download.DownloadConfig(manual_dir=DIR) where DIR holds "

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxthink.models.config import ModelConfig
+from jaxthink.models.kv_cache import LayerKV
 from jaxthink.models.layers import Linear, RMSNorm, _rule
 from jaxthink.models.rope import apply_rope
 
@@ -23,18 +24,18 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array,
-               kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None):
+               kv: LayerKV | None, index: jax.Array | None):
     """One attention layer.
 
     Args:
       x: `[batch, seq, hidden]`.
       positions: `[batch, seq]` rotary positions.
       allowed: `[batch, seq, keys]` bool, which keys each query may attend to.
-      kv: this layer's cached `(k, v)`, each `[batch, max_len, kv_heads, head_dim]`, or None.
+      kv: this layer's cache (`LayerKV`, `[batch, kv_heads, max_len, head_dim]`), or None.
       index: `[]` slot where this call's keys are written (with `kv`).
 
     Returns:
-      `[batch, seq, hidden]` and the updated `(k, v)` (None without a cache).
+      `[batch, seq, hidden]` and the updated `LayerKV` (None without a cache).
     """
     cfg = self.config
     b, t, _ = x.shape
@@ -52,19 +53,19 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, self.inv_freq)
     k = apply_rope(k, positions, self.inv_freq)
 
-    if kv is not None:
-      cache_k, cache_v = kv
-      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-      kv = (k, v)
+    if kv is not None:  # attend over every cached slot (quantized on write, dequantized here)
+      kv = kv.write(k, v, index)
+      k, v = kv.read(self.dtype)  # [batch, kv_heads, max_len, head_dim]
+    else:
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(self.dtype),
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(self.dtype),
                         preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim).astype(np.float32)
     # A finite minimum keeps fully-masked rows (left padding) finite instead of NaN.
     scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(self.dtype))
     out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
     return linear("o_proj", cfg.hidden_size, cfg.o_bias)(out), kv

@@ -84,14 +84,12 @@ class Decoder(nn.Module):
                      param_dtype=self.param_dtype, name="embed_tokens")
     x = embed(tokens)
     inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    new_k, new_v = [], []
+    new_layers = []
     for i in range(cfg.num_layers):
-      kv = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
+      kv = None if kv_cache is None else kv_cache.layers[i]
       x, kv = Block(cfg, inv_freq, self.dtype, self.param_dtype, self.quant,
                     name=f"layers_{i}")(x, positions, allowed, kv, index)
-      if kv is not None:
-        new_k.append(kv[0])
-        new_v.append(kv[1])
+      new_layers.append(kv)
     x = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
     if cfg.tie_word_embeddings:
       logits = embed.attend(x)
@@ -101,7 +99,7 @@ class Decoder(nn.Module):
     logits = logits.astype(jnp.float32)
     if kv_cache is None:
       return logits, None
-    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=index + t)
+    return logits, KVCache(layers=tuple(new_layers), mask=key_mask, index=index + t)
 
 
 def positions_from_mask(token_mask: jax.Array) -> jax.Array:

@@ -28,8 +28,10 @@ class Linear(nn.Module):
   """`y = x @ kernel (+ bias)`, kernel `[in_features, out_features]`.
 
   `quant` is the quantization rule for this layer (`jaxthink.quant`), or None for a float layer.
-  Keeping the quantized and float paths in one module lets the reference and the quantized model be
-  the same code with two parameter trees.
+  `quant.dot(self, x, features)` runs the quantized product inside this module's scope (AQT's
+  integers and scales are this layer's params, no float kernel) or returns None when the rules
+  leave this layer in float. Keeping both paths in one module lets the reference and the quantized
+  model be the same code with two parameter trees.
   """
 
   features: int
@@ -40,9 +42,8 @@ class Linear(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.quant is not None:
-      y = self.quant.dot(self, x, self.features)
-    else:
+    y = None if self.quant is None else self.quant.dot(self, x, self.features)
+    if y is None:
       kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
                           self.param_dtype)
       y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))

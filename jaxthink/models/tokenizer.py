@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -36,3 +37,28 @@ def reasoning_prompt(tokenizer: PreTrainedTokenizerBase, problem: str,
   if think and THINK_OPEN in tokenizer.get_vocab() and not prompt.rstrip().endswith(THINK_OPEN):
     prompt += THINK_OPEN + "\n"
   return prompt
+
+
+def token_char_offsets(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+  """The character offset where each token of `ids` starts in `decode(ids)`.
+
+  Byte-level BPE (Qwen2, Llama 3, Qwen3): each vocabulary piece spells its bytes one character per
+  byte, so offsets come from the byte lengths in one pass (a token ending inside a multi-byte
+  character starts where that character starts). Other tokenizers fall back to decoding every
+  prefix (exact, quadratic).
+  """
+  text = tokenizer.decode(ids, skip_special_tokens=False)
+  added = tokenizer.added_tokens_decoder
+  pieces = tokenizer.convert_ids_to_tokens(ids)
+  byte_lengths = [len(added[i].content.encode()) if i in added else len(p)
+                  for i, p in zip(ids, pieces)]
+  data = text.encode()
+  if sum(byte_lengths) != len(data):
+    return [len(tokenizer.decode(ids[:i], skip_special_tokens=False)) for i in range(len(ids))]
+  decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+  offsets, chars, position = [], 0, 0
+  for n in byte_lengths:
+    offsets.append(chars)  # complete characters before this token's first byte
+    chars += len(decoder.decode(data[position:position + n]))
+    position += n
+  return offsets

@@ -255,7 +255,9 @@ def _render(rng: np.random.Generator, start: int, ops: tuple[Op, ...], d: Diffic
       note = _weighted(rng, FIX).format(bad=shown, eq=right)
     texts += [f"{text.format(eq=shown)} {note}"] if inline else [text.format(eq=shown), note]
   texts[0] = f"{name} has {start} {item}. {texts[0]}"
-  texts.append(f"So {name} has {value} {item} now.")
+  # A concluding sentence that states the answer inside the thinking, as reasoning models do:
+  # the overthinking analysis sees it as an intermediate candidate answer.
+  texts.append(f"So {name} has {value} {item} now. So the answer is {value}.")
   solution = ("<think>\n" + "\n".join(texts) + "\n</think>\n\n"
               + f"The answer is \\boxed{{{value}}}.")
   return " ".join(sentences), solution

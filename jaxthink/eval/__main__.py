@@ -1,0 +1,36 @@
+"""`python -m jaxthink.eval --config configs/<name>.yaml [--set key=value ...]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxthink.config import ConfigError, load_config
+from jaxthink.eval.config import EvalConfig
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jaxthink.eval", description=(
+      "Evaluate full-precision, quantized and penalised variants of a model on math benchmarks; "
+      "writes results.jsonl, summary.json, report.md and plots to the config's output_dir. "
+      "Re-running the same config resumes."))
+  parser.add_argument("--config", required=True, help="YAML file (see configs/)")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set sampling.max_new_tokens=256")
+  args = parser.parse_args(argv)
+  try:
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    cfg.check_files()
+    from jaxthink.eval.runner import evaluate  # noqa: PLC0415 (after validation: imports JAX)
+    files = evaluate(cfg)
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  if "report" in files:
+    print(files["report"].read_text())
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,208 @@
+"""`evaluate`: benchmarks -> prompts -> generation per variant -> grades -> results, report, plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from jaxthink.analysis.report import VariantSummary, hexbin_points, summarize_variant, write_report
+from jaxthink.analysis.stats import TokenBuffers, token_stats
+from jaxthink.data.benchmarks import Problem, load_benchmark
+from jaxthink.data.markers import load_markers
+from jaxthink.decode.generate import DecodeResult, generate
+from jaxthink.decode.mesh import mesh_from_config
+from jaxthink.decode.penalty import MarkerPenalty, marker_token_ids
+from jaxthink.decode.sampling import Sampling
+from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
+from jaxthink.eval.controls import frequency_matched_tokens, token_counts
+from jaxthink.eval.run_dir import RunDir, response_key
+from jaxthink.grading import analyze_response, failure_bucket, grade
+from jaxthink.models import Pretrained, load_pretrained, reasoning_prompt
+from jaxthink.quant import load_quantized, quantize
+
+# Per-token buffers saved for each response (DecodeResult field -> side-file name).
+_BUFFERS = {"tokens": "token_ids", "entropy": "entropy_quant", "log_prob": "logprobs",
+            "is_marker": "is_marker", "penalty_fired": "penalty_fired", "kl": "kl",
+            "ref_entropy": "entropy_ref", "ref_log_prob": "ref_logprobs"}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+  benchmark: str
+  index: int
+  sample: int
+  problem: Problem
+  prompt: tuple[int, ...]
+
+  def key(self, variant: str) -> str:
+    return response_key(variant, self.benchmark, self.index, self.sample)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Path]:
+  """Runs (or resumes) `cfg`; returns the written report files."""
+  cfg.check_files()
+  mesh = mesh_from_config(cfg.mesh)
+  run = RunDir(cfg.output_dir, cfg, writer=jax.process_index() == 0)
+  reference = load_pretrained(cfg.model.directory, dtype=jnp.dtype(cfg.model.dtype), mesh=mesh)
+  tok = reference.tokenizer
+  problems = {name: load_benchmark(name, cfg.data_directory, limit=cfg.limit)
+              for name in cfg.benchmarks}
+  items = [WorkItem(name, i, s, p, tuple(tok.encode(
+               reasoning_prompt(tok, p.problem, cfg.prompt.instruction, cfg.prompt.think),
+               add_special_tokens=False)))
+           for name, ps in problems.items() for i, p in enumerate(ps)
+           for s in range(cfg.sampling.samples_per_problem)]
+  done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
+  corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
+
+  for variant in cfg.variants:
+    todo = [it for it in items if it.key(variant.name) not in done]
+    if not todo:
+      continue
+    policy, kv_bits = _policy(variant, reference, cfg, mesh)
+    penalty = _penalty(variant.penalty, tok, reference.config.vocab_size, corpus)
+    ref = (reference.model, reference.params) if cfg.reference and variant.quantized else None
+    _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh)
+  return _report(cfg, run)
+
+
+def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
+  """Keys already in results.jsonl; on several hosts, process 0's view (only it holds the file)."""
+  done = {row["key"] for row in run.rows()}
+  if jax.process_count() > 1:
+    mask = multihost_utils.broadcast_one_to_all(np.asarray([k in done for k in keys]))
+    done = {k for k, d in zip(keys, np.asarray(mask)) if d}
+  return done
+
+
+def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
+  """`((model, params), kv_bits)` of the model a variant generates with."""
+  if variant.checkpoint is not None:
+    quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
+    return (quantized.model, quantized.params), spec.kv_bits
+  spec = variant.quant
+  if spec is None:
+    return (reference.model, reference.params), None
+  if spec.calibration.source == "gsm8k" and spec.calibration.data_dir is None:
+    spec = dataclasses.replace(spec, calibration=dataclasses.replace(
+        spec.calibration, data_dir=str(cfg.data_directory)))
+  # Round to nearest needs no calibration text (it would only feed the error report).
+  tokenizer = None if spec.method == "rtn" else reference.tokenizer
+  model, params, _ = quantize(reference.config, reference.params, spec, tokenizer=tokenizer,
+                              mesh=mesh)
+  return (model, params), spec.kv_bits
+
+
+def _penalty(spec: PenaltySpec, tok, vocab_size: int, corpus: list[str]) -> MarkerPenalty:
+  """The variant's penalty; `is_marker` is always recorded against the marker tokens."""
+  markers = load_markers(spec.markers)
+  marker_ids = sorted({i for ids in marker_token_ids(tok, markers).values() for i in ids})
+  ids = marker_ids
+  if spec.token_set == "random_matched":
+    ids = frequency_matched_tokens(marker_ids, token_counts(tok, corpus, vocab_size), spec.seed)
+  return MarkerPenalty(spec.mode, spec.strength, spec.entropy_threshold, tuple(ids),
+                       marker_ids=tuple(marker_ids))
+
+
+def _row_seed(seed: int, item: WorkItem) -> int:
+  """A response's sampling seed depends on (seed, benchmark, problem, sample) only, so a resumed
+  run draws the same tokens as an uninterrupted one."""
+  digest = hashlib.sha256(f"{seed}/{item.benchmark}/{item.index}/{item.sample}".encode()).digest()
+  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh):
+  s = cfg.sampling
+  sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+  bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
+  generated, started = 0, time.perf_counter()
+  for start in range(0, len(todo), cfg.batch_size):
+    batch = todo[start:start + cfg.batch_size]
+    result = generate(policy, [list(it.prompt) for it in batch], max_new_tokens=s.max_new_tokens,
+                      sampling=sampling, penalty=penalty, reference=ref,
+                      seed=np.asarray([_row_seed(s.seed, it) for it in batch]), mesh=mesh,
+                      kv_bits=kv_bits)
+    rows, buffers = zip(*(_grade_row(run, variant, it, result, r, tok) for r, it in enumerate(batch)))
+    run.append(rows, buffers)
+    generated += int(result.lengths.sum())
+    bar.update(len(batch))
+    bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.0f}")
+  bar.close()
+
+
+def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResult, r: int, tok):
+  """The results.jsonl row and the per-token buffers of row `r` of a generated batch."""
+  n = int(result.lengths[r])
+  ids = result.tokens[r, :n].tolist()
+  if result.finished[r] and ids:
+    ids_text = ids[:-1]  # the end token is not part of the text
+  else:
+    ids_text = ids
+  text = tok.decode(ids_text, skip_special_tokens=False)
+  offsets = _token_offsets(tok, ids_text)
+  hit_max = not bool(result.finished[r])
+  g = grade(text, item.problem.answer, item.benchmark, hit_max_tokens=hit_max)
+  over = analyze_response(text, item.problem.answer, g.correct, token_offsets=offsets,
+                          hit_max_tokens=hit_max)
+  token_file = run.token_file(variant.name, item.benchmark, item.index, item.sample)
+  row = {
+      "key": item.key(variant.name), "variant": variant.name, "benchmark": item.benchmark,
+      "index": item.index, "sample": item.sample, "problem_id": f"{item.benchmark}/{item.problem.id}",
+      "gold": item.problem.answer, "extracted": g.extracted, "correct": g.correct,
+      "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(g, over, text),
+      "overthinking_error": over.overthinking_error,
+      "first_correct_token": over.first_correct_token, "tokens_after_first_correct":
+      over.tokens_after_first_correct, "n_markers": sum(over.marker_counts.values()),
+      "penalty_fired": int(result.penalty_fired[r, :n].sum()),
+      "mean_kl": None if result.kl is None else float(result.kl[r, :n].mean()) if n else 0.0,
+      "response": text, "token_file": str(token_file.relative_to(run.path)),
+  }
+  buffers = {name: getattr(result, field)[r, :n] for field, name in _BUFFERS.items()
+             if getattr(result, field) is not None}
+  return row, buffers
+
+
+def _token_offsets(tok, ids: list[int]) -> list[int]:
+  """Character start of each token in the decoded text (prefix decoding: exact for byte-level
+  BPE, where a token's text never depends on what follows)."""
+  offsets, text = [], ""
+  for i in range(len(ids)):
+    offsets.append(len(text))
+    text = tok.decode(ids[:i + 1], skip_special_tokens=False)
+  return offsets
+
+
+def _report(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
+  """summary.json, report.md and plots from results.jsonl and the side files (process 0)."""
+  if not run.writer:
+    return {}
+  rows = run.rows()
+  summaries: list[VariantSummary] = []
+  points = {}
+  for variant in cfg.variants:
+    vrows = [r for r in rows if r["variant"] == variant.name]
+    if not vrows:
+      continue
+    buffers = TokenBuffers.from_sequences([dict(np.load(run.path / r["token_file"])) for r in vrows])
+    stats = token_stats(buffers, entropy="ref" if buffers.entropy_ref is not None else "quant")
+    summaries.append(summarize_variant(variant.name, vrows, stats))
+    if buffers.kl is not None:
+      points[variant.name] = hexbin_points(buffers)
+  baseline = cfg.variants[0].name
+  files = write_report(summaries, run.path, baseline=baseline, token_points=points,
+                       title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}")
+  summary = {"config": str(run.path / "config.json"),
+             "variants": {s.name: s.to_dict() for s in summaries}}
+  (run.path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  files["summary"] = run.path / "summary.json"
+  return files

@@ -1,0 +1,70 @@
+"""What a quantization costs: weight bytes, dequantized kernels, mean token KL to the float
+model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxthink.models.decoder import Decoder
+from jaxthink.models.pretrained import sequence_logits
+
+_BITS = {jnp.dtype(jnp.int4): 4, jnp.dtype(jnp.int8): 8}
+
+
+def frozen_layers(params: Any) -> dict[str, dict[str, jax.Array]]:
+  """`{'layers_0/self_attn/q_proj': {'value': ..., 'scale': ...}}` for every quantized linear."""
+  flat = flax.traverse_util.flatten_dict(params)
+  layers: dict[str, dict[str, jax.Array]] = {}
+  for path, value in flat.items():
+    if len(path) >= 4 and path[-3:-1] == ("aqt", "qrhs"):
+      layers.setdefault("/".join(path[:-3]), {})[path[-1]] = value
+  return layers
+
+
+def dequantize_frozen(frozen: dict[str, jax.Array]) -> jax.Array:
+  """The float kernel `[in, out]` (float32) AQT's frozen `value`/`scale` stand for."""
+  value, scale = frozen["value"], frozen["scale"]
+  out = value.shape[-1]
+  if value.ndim == 3:  # [groups, group_size, out] with scales [groups, 1, 1, out]
+    w = value.astype(jnp.float32) * scale.reshape(value.shape[0], 1, out)
+    return w.reshape(-1, out)
+  return value.astype(jnp.float32) * scale.reshape(1, out)
+
+
+def weight_bytes(params: Any) -> dict[str, float]:
+  """Bytes of the quantized linears (values at their bit width, packed, plus float scales) against
+  the same weights in bf16."""
+  quantized = reference = 0.0
+  for frozen in frozen_layers(params).values():
+    value, scale = frozen["value"], frozen["scale"]
+    quantized += value.size * _BITS[jnp.dtype(value.dtype)] / 8 + scale.size * scale.dtype.itemsize
+    reference += value.size * 2
+  return {"quantized_bytes": quantized, "bf16_bytes": reference,
+          "ratio": quantized / reference if reference else float("nan")}
+
+
+def mean_token_kl(reference: Decoder, reference_params: Any, model: Decoder, params: Any,
+                  tokens: np.ndarray, batch_size: int = 8) -> float:
+  """Mean over all positions of `KL(p_reference || p_model)` of the next-token distributions
+  (float32), on unpadded windows `tokens` `[samples, seq]`."""
+  total, count = 0.0, 0
+  for start in range(0, tokens.shape[0], batch_size):
+    batch = jnp.asarray(tokens[start:start + batch_size], jnp.int32)
+    mask = jnp.ones(batch.shape, jnp.bool_)
+    kl = _kl(sequence_logits(reference, reference_params, batch, mask),
+             sequence_logits(model, params, batch, mask))
+    total += float(jnp.sum(kl))
+    count += kl.size
+  return total / count
+
+
+@jax.jit
+def _kl(ref_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  p_log = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
+  q_log = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
