@@ -171,12 +171,16 @@ def test_report_table_and_pngs(tmp_path):
         image = matplotlib.image.imread(written[name])
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     report = (tmp_path / "report.md").read_text()
-    assert table_row(report, "bf16") == ["bf16", "3", "3", "66.7%", "+0.0%", "+0.0", "280", "+0.0%",
+    assert table_row(report, "bf16") == ["bf16", "bf16", "3", "3", "66.7%", "+0.0%", "+0.0", "280", "+0.0%",
                                          "1", "0.0%", "0.0%", "0.0%", "100.0%", "1.00", "n/a", "n/a"]
     # accuracy 0.5 vs 2/3: -25% relative, -16.7 points; CoT 350 vs 280: +25%.
-    assert table_row(report, "w3") == ["w3", "3", "6", "50.0%", "-25.0%", "-16.7", "350", "+25.0%", "3",
+    assert table_row(report, "w3") == ["w3", "bf16", "3", "6", "50.0%", "-25.0%", "-16.7", "350", "+25.0%", "3",
                                        "66.7%", "0.0%", "33.3%", "0.0%", "3.50", "1.6500", "1.000"]
     assert "![KL vs entropy](kl_vs_entropy.png)" in report
+    # Per-variant baselines: w3 against itself has no change.
+    write_report(summaries, tmp_path, baseline={"w3": "w3"})
+    row = table_row((tmp_path / "report.md").read_text(), "w3")
+    assert row[1] == "w3" and row[5:7] == ["+0.0%", "+0.0"]
 
 
 def test_report_without_token_data_and_bad_baseline(tmp_path):

@@ -149,18 +149,19 @@ def _relative(value: float, base: float) -> float:
     return (value - base) / base if base else float("nan")
 
 
-def comparison_table(summaries: Sequence[VariantSummary], baseline: str) -> str:
-    """The markdown table comparing variants; relative changes are against ``baseline``."""
-    base = next(s for s in summaries if s.name == baseline)
-    header = ["Variant", "Problems", "Responses", "Accuracy (pass@1)", "Δ acc (rel.)",
+def comparison_table(summaries: Sequence[VariantSummary], baselines: Mapping[str, str]) -> str:
+    """The markdown table comparing variants; each variant's relative changes are against
+    ``baselines[variant]``."""
+    by_name = {s.name: s for s in summaries}
+    header = ["Variant", "Compared to", "Problems", "Responses", "Accuracy (pass@1)", "Δ acc (rel.)",
               "Δ acc (points)", "Mean CoT tokens", "Δ CoT (rel.)", "Failures",
               "Overthinking", "Truncated", "Arithmetic", "Other", "Markers / response",
               "Mean KL", "KL–entropy ρ (Spearman)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
-        stats = s.token_stats
+        stats, base = s.token_stats, by_name[baselines[s.name]]
         cells = [
-            s.name, str(s.n_problems), str(s.n_responses),
+            s.name, base.name, str(s.n_problems), str(s.n_responses),
             _fmt(100 * s.accuracy, ".1f", "%"),
             _fmt(100 * _relative(s.accuracy, base.accuracy), "+.1f", "%"),
             _fmt(100 * (s.accuracy - base.accuracy), "+.1f"),
@@ -204,9 +205,11 @@ def plot_kl_vs_entropy(points: Mapping[str, tuple[np.ndarray, np.ndarray]], path
     panels = [(name, x, y) for name, (x, y) in points.items() if len(x)]
     if not panels:
         return False
-    fig = Figure(figsize=(4.5 * len(panels), 4), layout="constrained")
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.5 * cols, 4 * rows), layout="constrained")
     for index, (name, x, y) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), index + 1)
+        ax = fig.add_subplot(rows, cols, index + 1)
         image = ax.hexbin(x, y, gridsize=40, bins="log", mincnt=1, cmap="viridis")
         ax.set(title=name, xlabel="entropy (nats)", ylabel="KL(ref ‖ quant) (nats)")
         fig.colorbar(image, ax=ax, label="tokens")
@@ -247,13 +250,14 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
 
 
 def write_report(summaries: Sequence[VariantSummary], out_dir: str | Path, *,
-                 baseline: str | None = None,
+                 baseline: str | Mapping[str, str] | None = None,
                  token_points: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  title: str = "jaxthink evaluation") -> dict[str, Path]:
     """Write ``report.md`` and the PNG plots into ``out_dir``; returns {name: path} of the files.
 
-    baseline: the variant relative changes are measured against (default: the first one; usually
-        the variant without the penalty). token_points: {variant: (entropy, KL)} for the hexbin
+    baseline: the variant relative changes are measured against (default: the first one), or
+        {variant: its baseline} (variants left out compare to the first one; e.g. a penalised
+        variant against the same model without the penalty). token_points: {variant: (entropy, KL)} for the hexbin
         (see ``hexbin_points``); without any, the hexbin is left out.
     """
     if not summaries:
@@ -261,9 +265,13 @@ def write_report(summaries: Sequence[VariantSummary], out_dir: str | Path, *,
     names = [s.name for s in summaries]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
-    baseline = names[0] if baseline is None else baseline
-    if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not a variant; variants: {names}")
+    if baseline is None or isinstance(baseline, str):
+        baselines = {name: baseline or names[0] for name in names}
+    else:
+        baselines = {name: baseline.get(name, names[0]) for name in names}
+    for base in baselines.values():
+        if base not in names:
+            raise ValueError(f"baseline {base!r} is not a variant; variants: {names}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -276,11 +284,11 @@ def write_report(summaries: Sequence[VariantSummary], out_dir: str | Path, *,
     written["bars"] = out_dir / PLOT_FILES["bars"]
 
     parts = [f"# {title}", "",
-             f"Relative changes are against `{baseline}`. Failure columns are shares of the wrong "
+             "Relative changes (Δ) are against the variant in \"Compared to\". Failure columns are shares of the wrong "
              "responses: overthinking (right answer reached in the thinking, then abandoned), "
              "truncated (no final answer within the token budget), arithmetic (a false "
              "\"a op b = c\"), other (logic and the rest).", "",
-             comparison_table(summaries, baseline), ""]
+             comparison_table(summaries, baselines), ""]
     if (tokens := token_table(summaries)) is not None:
         parts += ["## Token-level statistics", "", tokens, ""]
     parts += ["## Plots", ""]

@@ -198,8 +198,8 @@ def _report(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
     summaries.append(summarize_variant(variant.name, vrows, stats))
     if buffers.kl is not None:
       points[variant.name] = hexbin_points(buffers)
-  baseline = cfg.variants[0].name
-  files = write_report(summaries, run.path, baseline=baseline, token_points=points,
+  baselines = {v.name: v.compare_to or cfg.variants[0].name for v in cfg.variants}
+  files = write_report(summaries, run.path, baseline=baselines, token_points=points,
                        title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}")
   summary = {"config": str(run.path / "config.json"),
              "variants": {s.name: s.to_dict() for s in summaries}}
