@@ -109,6 +109,8 @@ class EvalConfig:
   reference: co-decode the full-precision model with every quantized variant and record
     per-token KL(p_ref ‖ p_quant) and entropies.
   output_dir: the run directory; a re-run with the same config resumes there.
+  tpu: the accelerator type the mesh is sized for (e.g. `v4-32`), checked by `jaxthink.sizing`;
+    informational at run time.
   """
 
   model: ModelSpec
@@ -122,6 +124,7 @@ class EvalConfig:
   mesh: MeshConfig = MeshConfig()
   reference: bool = True
   output_dir: str = "runs/eval"
+  tpu: str | None = None
 
   def __post_init__(self):
     names = [v.name for v in self.variants]
