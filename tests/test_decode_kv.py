@@ -1,7 +1,6 @@
 """KV-cache quantization: symmetric per-token, per-kv-head int8 / int4 as numpy computes it, and
 its effect on the next-token distribution grows as bits shrink."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

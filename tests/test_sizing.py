@@ -5,7 +5,6 @@ import json
 import pytest
 
 from jaxthink import sizing
-from jaxthink.models.config import ModelConfig
 
 R1_1_5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 GIB = 2 ** 30

@@ -38,214 +38,240 @@ DEFAULT_CACHE_DIR = Path("~/.cache/jaxthink/tfds").expanduser()
 
 
 class BenchmarkDataError(ValueError):
-    """A benchmark JSONL file is missing or malformed."""
+  """A benchmark JSONL file is missing or malformed."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One benchmark problem. ``answer`` is the gold answer as text; ``solution`` may be empty."""
+  """One benchmark problem. ``answer`` is the gold answer as text; ``solution`` may be empty."""
 
-    id: str
-    problem: str
-    answer: str
-    solution: str
+  id: str
+  problem: str
+  answer: str
+  solution: str
 
 
 def _field(row: dict, key: str, kinds: tuple[type, ...], where: str) -> Any:
-    if key not in row:
-        raise BenchmarkDataError(f"{where}: missing field {key!r} (fields present: {sorted(row)})")
-    value = row[key]
-    # bool is an int subclass; a true/false answer is malformed, not the number 1/0.
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise BenchmarkDataError(f"{where}: field {key!r} must be {names}, got {value!r}")
-    return value
+  if key not in row:
+    raise BenchmarkDataError(f"{where}: missing field {key!r} (fields present: {sorted(row)})")
+  value = row[key]
+  # bool is an int subclass; a true/false answer is malformed, not the number 1/0.
+  if not isinstance(value, kinds) or isinstance(value, bool):
+    names = " or ".join(k.__name__ for k in kinds)
+    raise BenchmarkDataError(f"{where}: field {key!r} must be {names}, got {value!r}")
+  return value
 
 
 def _number_text(value: int | float) -> str:
-    """JSON number as gold text: integral values without ``.0`` (AMC's ``27.0`` -> ``"27"``)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return repr(value)
+  """JSON number as gold text: integral values without ``.0`` (AMC's ``27.0`` -> ``"27"``)."""
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))
+  return repr(value)
 
 
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
 
 def _gsm8k(row: dict, split: str, index: int, where: str) -> Problem:
-    solution = _field(row, "answer", (str,), where)
-    found = _GSM8K_ANSWER.search(solution)
-    if found is None:
-        raise BenchmarkDataError(f"{where}: field 'answer' has no final '#### <answer>' line")
-    return Problem(id=f"{split}-{index}", problem=_field(row, "question", (str,), where),
-                   answer=found.group(1).replace(",", ""), solution=solution)
+  solution = _field(row, "answer", (str,), where)
+  found = _GSM8K_ANSWER.search(solution)
+  if found is None:
+    raise BenchmarkDataError(f"{where}: field 'answer' has no final '#### <answer>' line")
+  return Problem(
+    id=f"{split}-{index}",
+    problem=_field(row, "question", (str,), where),
+    answer=found.group(1).replace(",", ""),
+    solution=solution,
+  )
 
 
 def _math500(row: dict, split: str, index: int, where: str) -> Problem:
-    return Problem(id=_field(row, "unique_id", (str,), where),
-                   problem=_field(row, "problem", (str,), where),
-                   answer=_field(row, "answer", (str,), where),
-                   solution=_field(row, "solution", (str,), where))
+  return Problem(
+    id=_field(row, "unique_id", (str,), where),
+    problem=_field(row, "problem", (str,), where),
+    answer=_field(row, "answer", (str,), where),
+    solution=_field(row, "solution", (str,), where),
+  )
 
 
 def _aime(row: dict, split: str, index: int, where: str) -> Problem:
-    return Problem(id=str(_field(row, "id", (int, str), where)),
-                   problem=_field(row, "problem", (str,), where),
-                   answer=_field(row, "answer", (str,), where).strip(),
-                   solution=_field(row, "solution", (str,), where))
+  return Problem(
+    id=str(_field(row, "id", (int, str), where)),
+    problem=_field(row, "problem", (str,), where),
+    answer=_field(row, "answer", (str,), where).strip(),
+    solution=_field(row, "solution", (str,), where),
+  )
 
 
 def _amc(row: dict, split: str, index: int, where: str) -> Problem:
-    return Problem(id=str(_field(row, "id", (int, str), where)),
-                   problem=_field(row, "problem", (str,), where),
-                   answer=_number_text(_field(row, "answer", (int, float), where)),
-                   solution="")
+  return Problem(
+    id=str(_field(row, "id", (int, str), where)),
+    problem=_field(row, "problem", (str,), where),
+    answer=_number_text(_field(row, "answer", (int, float), where)),
+    solution="",
+  )
 
 
 def _tiny(row: dict, split: str, index: int, where: str) -> Problem:
-    return Problem(id=_field(row, "id", (str,), where),
-                   problem=_field(row, "problem", (str,), where),
-                   answer=_field(row, "answer", (str,), where),
-                   solution=_field(row, "solution", (str,), where))
+  return Problem(
+    id=_field(row, "id", (str,), where),
+    problem=_field(row, "problem", (str,), where),
+    answer=_field(row, "answer", (str,), where),
+    solution=_field(row, "solution", (str,), where),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSpec:
-    folder: str
-    splits: tuple[str, ...]
-    parse_row: Callable[[dict, str, int, str], Problem]
+  folder: str
+  splits: tuple[str, ...]
+  parse_row: Callable[[dict, str, int, str], Problem]
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "gsm8k": BenchmarkSpec("gsm8k", ("test", "train"), _gsm8k),
-    "math500": BenchmarkSpec("math500", ("test",), _math500),
-    "aime24": BenchmarkSpec("aime24", ("test",), _aime),
-    "aime25": BenchmarkSpec("aime25", ("test",), _aime),
-    "amc23": BenchmarkSpec("amc23", ("test",), _amc),
-    # The embedded tiny model's held-out synthetic problems (jaxthink/tiny/data).
-    "tiny": BenchmarkSpec("tiny", ("test",), _tiny),
+  "gsm8k": BenchmarkSpec("gsm8k", ("test", "train"), _gsm8k),
+  "math500": BenchmarkSpec("math500", ("test",), _math500),
+  "aime24": BenchmarkSpec("aime24", ("test",), _aime),
+  "aime25": BenchmarkSpec("aime25", ("test",), _aime),
+  "amc23": BenchmarkSpec("amc23", ("test",), _amc),
+  # The embedded tiny model's held-out synthetic problems (jaxthink/tiny/data).
+  "tiny": BenchmarkSpec("tiny", ("test",), _tiny),
 }
 
 
 def _spec(name: str, split: str | None = None) -> BenchmarkSpec:
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
-    spec = BENCHMARKS[name]
-    if split is not None and split not in spec.splits:
-        raise ValueError(f"benchmark {name!r} has no split {split!r}; valid: {', '.join(spec.splits)}")
-    return spec
+  if name not in BENCHMARKS:
+    raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+  spec = BENCHMARKS[name]
+  if split is not None and split not in spec.splits:
+    raise ValueError(f"benchmark {name!r} has no split {split!r}; valid: {', '.join(spec.splits)}")
+  return spec
 
 
 def jsonl_path(name: str, data_dir: str | Path, split: str = "test") -> Path:
-    """Where the JSONL file of ``name``/``split`` lives under ``data_dir``; a clear error if absent."""
-    spec = _spec(name, split)
-    path = Path(data_dir).expanduser() / spec.folder / f"{split}.jsonl"
-    if not path.is_file():
-        raise BenchmarkDataError(
-            f"benchmark file {path} does not exist. Point the data directory (the config's benchmark "
-            f"data_dir, or load_benchmark(data_dir=...)) at a copy of the benchmark data holding "
-            f"{spec.folder}/{split}.jsonl; the project's tests use ../shared/data.")
-    return path
+  """Where the JSONL file of ``name``/``split`` lives under ``data_dir``; a clear error if absent."""
+  spec = _spec(name, split)
+  path = Path(data_dir).expanduser() / spec.folder / f"{split}.jsonl"
+  if not path.is_file():
+    raise BenchmarkDataError(
+      f"benchmark file {path} does not exist. Point the data directory (the config's benchmark "
+      f"data_dir, or load_benchmark(data_dir=...)) at a copy of the benchmark data holding "
+      f"{spec.folder}/{split}.jsonl; the project's tests use ../shared/data."
+    )
+  return path
 
 
 def read_problems(name: str, data_dir: str | Path, split: str = "test") -> list[Problem]:
-    """Parse one benchmark split straight from its JSONL file (no tfds), in file order.
+  """Parse one benchmark split straight from its JSONL file (no tfds), in file order.
 
-    Blank lines are skipped; a line that is not a JSON object or lacks a field raises
-    ``BenchmarkDataError`` naming the file, the 1-based line number and the field.
-    """
-    spec = _spec(name, split)
-    path = jsonl_path(name, data_dir, split)
-    problems = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BenchmarkDataError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            problems.append(spec.parse_row(row, split, len(problems), where))
-    if len({p.id for p in problems}) != len(problems):
-        raise BenchmarkDataError(f"{path}: problem ids are not unique")
-    return problems
+  Blank lines are skipped; a line that is not a JSON object or lacks a field raises
+  ``BenchmarkDataError`` naming the file, the 1-based line number and the field.
+  """
+  spec = _spec(name, split)
+  path = jsonl_path(name, data_dir, split)
+  problems = []
+  with path.open(encoding="utf-8") as lines:
+    for line_number, line in enumerate(lines, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}, line {line_number}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise BenchmarkDataError(f"{where}: not valid JSON ({error.msg})") from None
+      if not isinstance(row, dict):
+        raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+      problems.append(spec.parse_row(row, split, len(problems), where))
+  if len({p.id for p in problems}) != len(problems):
+    raise BenchmarkDataError(f"{path}: problem ids are not unique")
+  return problems
 
 
 class JaxthinkMath(tfds.core.GeneratorBasedBuilder):
-    """tfds builder with one config per benchmark; reads JSONL files from the manual directory."""
+  """tfds builder with one config per benchmark; reads JSONL files from the manual directory."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "gsm8k, math500, aime24, aime25, amc23, tiny from JSONL."}
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in BENCHMARKS]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass download_config=tfds.download.DownloadConfig(manual_dir=DIR) where DIR holds "
-        "<benchmark>/<split>.jsonl (gsm8k/test.jsonl, math500/test.jsonl, ...), e.g. ../shared/data.")
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "gsm8k, math500, aime24, aime25, amc23, tiny from JSONL."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in BENCHMARKS]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Pass download_config=tfds.download.DownloadConfig(manual_dir=DIR) where DIR holds "
+    "<benchmark>/<split>.jsonl (gsm8k/test.jsonl, math500/test.jsonl, ...), e.g. ../shared/data."
+  )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Math word problems with gold answers (jaxthink benchmarks).",
-            features=tfds.features.FeaturesDict(
-                {"id": text, "problem": text, "answer": text, "solution": text}),
-            # The class attribute alone does not keep file order; the DatasetInfo flag does.
-            disable_shuffling=True,
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Math word problems with gold answers (jaxthink benchmarks).",
+      features=tfds.features.FeaturesDict(
+        {"id": text, "problem": text, "answer": text, "solution": text}
+      ),
+      # The class attribute alone does not keep file order; the DatasetInfo flag does.
+      disable_shuffling=True,
+    )
 
-    def _split_generators(self, dl_manager):
-        name = self.builder_config.name
-        return {split: self._generate_examples(name, dl_manager.manual_dir, split)
-                for split in BENCHMARKS[name].splits}
+  def _split_generators(self, dl_manager):
+    name = self.builder_config.name
+    return {
+      split: self._generate_examples(name, dl_manager.manual_dir, split)
+      for split in BENCHMARKS[name].splits
+    }
 
-    def _generate_examples(self, name: str, manual_dir, split: str) -> Iterator[tuple[int, dict]]:
-        for index, problem in enumerate(read_problems(name, Path(manual_dir), split)):
-            yield index, dataclasses.asdict(problem)
+  def _generate_examples(self, name: str, manual_dir, split: str) -> Iterator[tuple[int, dict]]:
+    for index, problem in enumerate(read_problems(name, Path(manual_dir), split)):
+      yield index, dataclasses.asdict(problem)
 
 
 def _source_digest(name: str, data_dir: Path) -> str:
-    """Hash of every JSONL file of a benchmark, so an edited or different copy gets its own cache."""
-    digest = hashlib.sha256()
-    for split in BENCHMARKS[name].splits:
-        digest.update(split.encode())
-        digest.update(jsonl_path(name, data_dir, split).read_bytes())
-    return digest.hexdigest()[:16]
+  """Hash of every JSONL file of a benchmark, so an edited or different copy gets its own cache."""
+  digest = hashlib.sha256()
+  for split in BENCHMARKS[name].splits:
+    digest.update(split.encode())
+    digest.update(jsonl_path(name, data_dir, split).read_bytes())
+  return digest.hexdigest()[:16]
 
 
-def build_benchmark(name: str, data_dir: str | Path,
-                    cache_dir: str | Path | None = None) -> tfds.core.DatasetBuilder:
-    """Build (or reuse) the tfds dataset of ``name`` under ``cache_dir`` and return its builder.
+def build_benchmark(
+  name: str, data_dir: str | Path, cache_dir: str | Path | None = None
+) -> tfds.core.DatasetBuilder:
+  """Build (or reuse) the tfds dataset of ``name`` under ``cache_dir`` and return its builder.
 
-    Reads every split's JSONL from ``data_dir`` first, so a malformed file fails here with the
-    file, line and field. The cache is keyed by the files' content hash.
-    """
-    _spec(name)
-    data_dir = Path(data_dir).expanduser()
-    for split in BENCHMARKS[name].splits:
-        read_problems(name, data_dir, split)  # validate before tfds wraps errors in its own machinery
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
-    cache = cache / _source_digest(name, data_dir)
-    builder = JaxthinkMath(config=name, data_dir=str(cache))
-    builder.download_and_prepare(
-        download_dir=str(cache / "downloads"),
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)),
+  Reads every split's JSONL from ``data_dir`` first, so a malformed file fails here with the
+  file, line and field. The cache is keyed by the files' content hash.
+  """
+  _spec(name)
+  data_dir = Path(data_dir).expanduser()
+  for split in BENCHMARKS[name].splits:
+    read_problems(name, data_dir, split)  # validate before tfds wraps errors in its own machinery
+  cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
+  cache = cache / _source_digest(name, data_dir)
+  builder = JaxthinkMath(config=name, data_dir=str(cache))
+  builder.download_and_prepare(
+    download_dir=str(cache / "downloads"),
+    file_format="array_record",
+    download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)),
+  )
+  return builder
+
+
+def load_benchmark(
+  name: str,
+  data_dir: str | Path,
+  split: str = "test",
+  limit: int | None = None,
+  cache_dir: str | Path | None = None,
+) -> list[Problem]:
+  """Problems of ``name``/``split`` in file order, built through tfds (cached in ``cache_dir``,
+  default ``~/.cache/jaxthink/tfds``); ``limit`` keeps the first ``limit`` problems."""
+  _spec(name, split)
+  if limit is not None and limit < 0:
+    raise ValueError(f"limit must be >= 0 or None, got {limit}")
+  source = build_benchmark(name, data_dir, cache_dir).as_data_source(split=split)
+  count = len(source) if limit is None else min(limit, len(source))
+  examples = source.__getitems__(list(range(count))) if count else []
+  return [
+    Problem(
+      **{key: example[key].decode("utf-8") for key in ("id", "problem", "answer", "solution")}
     )
-    return builder
-
-
-def load_benchmark(name: str, data_dir: str | Path, split: str = "test", limit: int | None = None,
-                   cache_dir: str | Path | None = None) -> list[Problem]:
-    """Problems of ``name``/``split`` in file order, built through tfds (cached in ``cache_dir``,
-    default ``~/.cache/jaxthink/tfds``); ``limit`` keeps the first ``limit`` problems."""
-    _spec(name, split)
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
-    source = build_benchmark(name, data_dir, cache_dir).as_data_source(split=split)
-    count = len(source) if limit is None else min(limit, len(source))
-    examples = source.__getitems__(list(range(count))) if count else []
-    return [Problem(**{key: example[key].decode("utf-8") for key in ("id", "problem", "answer",
-                                                                        "solution")})
-            for example in examples]
+    for example in examples
+  ]

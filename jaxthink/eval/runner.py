@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from jaxthink.eval.controls import frequency_matched_tokens, token_counts
 from jaxthink.eval.run_dir import RunDir, response_key
 from jaxthink.grading import analyze_response, failure_bucket, grade
 from jaxthink.models import Pretrained, load_pretrained, reasoning_prompt
+from jaxthink.models.tokenizer import token_char_offsets
 from jaxthink.quant import load_quantized, quantize
 
 # Per-token buffers saved for each response (DecodeResult field -> side-file name).
@@ -143,14 +144,10 @@ def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, me
 def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResult, r: int, tok):
   """The results.jsonl row and the per-token buffers of row `r` of a generated batch."""
   n = int(result.lengths[r])
-  ids = result.tokens[r, :n].tolist()
-  if result.finished[r] and ids:
-    ids_text = ids[:-1]  # the end token is not part of the text
-  else:
-    ids_text = ids
-  text = tok.decode(ids_text, skip_special_tokens=False)
-  offsets = _token_offsets(tok, ids_text)
   hit_max = not bool(result.finished[r])
+  ids = result.tokens[r, :n - (not hit_max)].tolist()  # the end token is not part of the text
+  text = tok.decode(ids, skip_special_tokens=False)
+  offsets = token_char_offsets(tok, ids)
   g = grade(text, item.problem.answer, item.benchmark, hit_max_tokens=hit_max)
   over = analyze_response(text, item.problem.answer, g.correct, token_offsets=offsets,
                           hit_max_tokens=hit_max)
@@ -162,24 +159,14 @@ def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResu
       "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(g, over, text),
       "overthinking_error": over.overthinking_error,
       "first_correct_token": over.first_correct_token, "tokens_after_first_correct":
-      over.tokens_after_first_correct, "n_markers": sum(over.marker_counts.values()),
+      over.tokens_after_first_correct, "n_markers": over.n_markers,
       "penalty_fired": int(result.penalty_fired[r, :n].sum()),
-      "mean_kl": None if result.kl is None else float(result.kl[r, :n].mean()) if n else 0.0,
+      "mean_kl": None if result.kl is None or not n else float(result.kl[r, :n].mean()),
       "response": text, "token_file": str(token_file.relative_to(run.path)),
   }
   buffers = {name: getattr(result, field)[r, :n] for field, name in _BUFFERS.items()
              if getattr(result, field) is not None}
   return row, buffers
-
-
-def _token_offsets(tok, ids: list[int]) -> list[int]:
-  """Character start of each token in the decoded text (prefix decoding: exact for byte-level
-  BPE, where a token's text never depends on what follows)."""
-  offsets, text = [], ""
-  for i in range(len(ids)):
-    offsets.append(len(text))
-    text = tok.decode(ids[:i + 1], skip_special_tokens=False)
-  return offsets
 
 
 def _report(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
