@@ -14,6 +14,9 @@ _EXPORTS = {
     "load_pretrained": "jaxthink.models",
     "reasoning_prompt": "jaxthink.models",
     "save_pretrained": "jaxthink.models",
+    "generate": "jaxthink.decode",
+    "quantize": "jaxthink.quant",
+    "evaluate": "jaxthink.eval",
 }
 
 
