@@ -19,14 +19,8 @@ import jax.numpy as jnp
 from jaxthink.config import ConfigError, load_config
 from jaxthink.models.config import CheckpointError
 from jaxthink.models.pretrained import load_pretrained
-from jaxthink.models.sharding import make_mesh
+from jaxthink.decode.mesh import MeshConfig, mesh_from_config
 from jaxthink.quant import QuantConfigError, QuantSpec, quantize, save_quantized
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSpec:
-  data: int = 1
-  model: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +31,7 @@ class QuantizeConfig:
   output: str  # directory for the quantized checkpoint
   quant: QuantSpec = QuantSpec()
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
-  mesh: MeshSpec | None = None
+  mesh: MeshConfig | None = None
   overwrite: bool = False
 
 
@@ -46,7 +40,7 @@ def run(config: QuantizeConfig, log=print) -> Path:
   if (Path(config.output) / "params").exists() and not config.overwrite:
     raise CheckpointError(f"{config.output} already holds a quantized checkpoint; choose another "
                           "output or set overwrite: true.")
-  mesh = None if config.mesh is None else make_mesh(config.mesh.data, config.mesh.model)
+  mesh = None if config.mesh is None else mesh_from_config(config.mesh)
   log(f"loading {config.model} ({config.dtype})")
   pretrained = load_pretrained(config.model, dtype=jnp.dtype(config.dtype), mesh=mesh)
   log(f"quantizing: scheme {config.quant.scheme}, method {config.quant.method}, calibration "

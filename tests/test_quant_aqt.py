@@ -5,9 +5,6 @@ mesh)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 from jaxthink.models.layers import Linear
 from jaxthink.models.pretrained import sequence_logits
 from jaxthink.quant import LinearQuant, QuantSpec, convert_linear, frozen_layers, save_quantized
+from multidevice import run_on_8_cpu_devices
 from test_quant_fixtures import tiny_config
 from test_quant_methods import run
 
@@ -144,10 +142,8 @@ def test_orbax_round_trip_in_a_fresh_process(tmp_path):
   np.save(tmp_path / "tokens.npy", tokens)
   logits = np.asarray(sequence_logits(model, params, jnp.asarray(tokens),
                                       jnp.ones(tokens.shape, bool)))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", CHILD, str(out), str(tmp_path / "tokens.npy")],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  proc = run_on_8_cpu_devices(CHILD, str(out), str(tmp_path / "tokens.npy"), cwd=REPO,
+                              timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   child = json.loads(proc.stdout.strip().splitlines()[-1])
   restored = np.load(out / "child.npz")

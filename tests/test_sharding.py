@@ -1,10 +1,7 @@
 """Generation on ('data', 'model') meshes of 8 CPU devices gives the tokens of one device (run in a
 subprocess, so the device-count flag doesn't leak into the other tests)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from multidevice import TESTS_DIR, run_on_8_cpu_devices
 
 SCRIPT = r"""
 import sys
@@ -52,13 +49,7 @@ print("OK")
 
 
 def test_meshes_match_one_device(tmp_path):
-  # LLVM optimisation off: compiles twice as fast; every mesh runs under the same flags.
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
-                                    "--xla_backend_optimization_level=0",
-         "JAX_PLATFORMS": "cpu"}
-  tests_dir = str(Path(__file__).parent)
-  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), tests_dir], env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = run_on_8_cpu_devices(SCRIPT, str(tmp_path), TESTS_DIR, fast_compile=True)
   print(result.stdout)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK" in result.stdout
