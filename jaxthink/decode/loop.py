@@ -122,7 +122,7 @@ def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, mas
     # A prompt-sized cache keeps prefill attention [prompt, prompt], not [prompt, prompt + new].
     cache = init_kv_cache(model.config, batch, prompt_len, spec.cache_dtype, kv_bits)
     logits, cache = model.apply({"params": model_params}, tokens, positions, mask,
-                                _constrain(spec, cache))
+                                _constrain(spec, cache), last_only=True)
     return logits[:, -1], extend_kv_cache(cache, spec.max_new_tokens)
 
   logits, cache = run(spec.policy, params, spec.kv_bits)

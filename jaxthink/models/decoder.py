@@ -56,7 +56,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
-               kv_cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               kv_cache: KVCache | None = None,
+               last_only: bool = False) -> tuple[jax.Array, KVCache | None]:
     """Runs `seq` new tokens.
 
     Args:
@@ -65,9 +66,12 @@ class Decoder(nn.Module):
       token_mask: `[batch, seq]` bool, False at padding.
       kv_cache: None for a full-sequence pass; else the cache, whose `index` is the slot where
         `tokens[:, 0]` goes.
+      last_only: compute logits for the last position only (prefill needs no others; at long
+        prompts the `[batch, seq, vocab]` logits would dominate memory).
 
     Returns:
-      logits `[batch, seq, vocab]` float32, and the cache advanced by `seq` slots (or None).
+      logits `[batch, seq, vocab]` (`[batch, 1, vocab]` with `last_only`) float32, and the cache
+      advanced by `seq` slots (or None).
     """
     cfg = self.config
     t = tokens.shape[1]
@@ -90,6 +94,8 @@ class Decoder(nn.Module):
       x, kv = Block(cfg, inv_freq, self.dtype, self.param_dtype, self.quant,
                     name=f"layers_{i}")(x, positions, allowed, kv, index)
       new_layers.append(kv)
+    if last_only:
+      x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
     if cfg.tie_word_embeddings:
       logits = embed.attend(x)
