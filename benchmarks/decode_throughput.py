@@ -13,7 +13,8 @@ Qwen2 shape: matmuls dominate).
 Targets on a 2-core CPU: ratio >= 3x at batch 8 (small), >= 1x (100m); co-decoding <= 2.2x;
 penalty overhead <= 5%. The last line printed is one JSON object with every number.
 
-  python benchmarks/decode_throughput.py [--quick] [--new-tokens 64] [--repeats 3]
+  python benchmarks/decode_throughput.py [--quick] [--models small,100m] [--new-tokens 64]
+                                         [--repeats 8]
 """
 
 from __future__ import annotations
@@ -141,11 +142,17 @@ def print_row(r: dict) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="small model, batches 1 and 8, 32 tokens")
+  parser.add_argument("--models", default="small,100m", help="comma-separated subset of "
+                      + ",".join(MODELS))
   parser.add_argument("--new-tokens", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=4)
+  parser.add_argument("--repeats", type=int, default=8,
+                      help="timings per variant (best counts: background load comes in bursts)")
   args = parser.parse_args()
   new_tokens = 32 if args.quick else args.new_tokens
-  plan = {"small": (1, 8)} if args.quick else {"small": (1, 8, 32), "100m": (1, 8, 32)}
+  names = ["small"] if args.quick else args.models.split(",")
+  if not set(names) <= set(MODELS):
+    parser.error(f"--models takes names from {sorted(MODELS)}, got {args.models!r}.")
+  plan = {name: (1, 8) if args.quick else (1, 8, 32) for name in names}
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}; "
         f"{new_tokens} new tokens, greedy, float32, best of {args.repeats}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

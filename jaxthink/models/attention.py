@@ -66,6 +66,8 @@ class Attention(nn.Module):
     # A finite minimum keeps fully-masked rows (left padding) finite instead of NaN.
     scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(self.dtype))
-    out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)
+    # Heads-major output keeps this a plain batched matmul (a `btkgd` output makes XLA:CPU fall
+    # back from its fast dot library); moving `t` forward afterwards is a small transpose.
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(self.dtype))
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * cfg.head_dim)
     return linear("o_proj", cfg.hidden_size, cfg.o_bias)(out), kv
