@@ -162,14 +162,11 @@ def main():
     for name, batches in plan.items():
       rows += bench_model(name, MODELS[name], batches, new_tokens, args.repeats, Path(tmp))
   at8 = {r["model"]: r for r in rows if r["batch"] == 8}
-  summary = dict(
-      ratio=at8["small"]["ratio"], ratio_100m=at8["100m"]["ratio"] if "100m" in at8 else None,
-      codecode_cost=at8["small"]["codecode_cost"],
-      codecode_cost_100m=at8["100m"]["codecode_cost"] if "100m" in at8 else None,
-      penalty_overhead=at8["small"]["penalty_overhead"],
-      penalty_overhead_100m=at8["100m"]["penalty_overhead"] if "100m" in at8 else None,
-      compile_s=at8["small"]["compile_s"], new_tokens=new_tokens,
-      load_average=os.getloadavg()[0], rows=rows)
+  summary = {f"{key}{suffix}": at8.get(name, {}).get(key)
+             for key in ("ratio", "codecode_cost", "penalty_overhead")
+             for name, suffix in (("small", ""), ("100m", "_100m"))}
+  summary.update(compile_s=at8.get("small", {}).get("compile_s"), new_tokens=new_tokens,
+                 load_average=os.getloadavg()[0], rows=rows)
   print(json.dumps(summary))
 
 

@@ -112,14 +112,12 @@ class MemoryScheme:
     weight_bits: 16 for bf16 weights, else 8, 4 or 3 for the decoder blocks' linear layers.
     group_size: input rows per scale, or None for one scale per output column.
     kv_bits: None for a bf16 KV cache, 8 or 4 for an integer one.
-    zero_point: asymmetric quantization (a float32 zero point beside each scale).
   """
 
   name: str
   weight_bits: int = 16
   group_size: int | None = None
   kv_bits: int | None = None
-  zero_point: bool = False
 
   def __post_init__(self):
     if self.weight_bits not in (16, 8, 4, 3):
@@ -165,7 +163,7 @@ def _linear_bytes(n_in: int, n_out: int, scheme: MemoryScheme) -> float:
     return n_in * n_out * FLOAT_BYTES
   storage_bits = 8 if scheme.weight_bits == 8 else 4
   groups = 1 if scheme.group_size is None else math.ceil(n_in / scheme.group_size)
-  scales = groups * n_out * SCALE_BYTES * (2 if scheme.zero_point else 1)
+  scales = groups * n_out * SCALE_BYTES
   return n_in * n_out * storage_bits / 8 + scales
 
 
@@ -263,7 +261,7 @@ def _estimate(config: ModelConfig, topology: Topology, scheme: MemoryScheme, bat
               prompt_len: int, max_new_tokens: int, data: int, model: int, reference: bool,
               headroom: float) -> FitReport:
   rows = math.ceil(batch / data)  # the batch is padded to a multiple of 'data'
-  kv_split = model if config.num_kv_heads % model == 0 else 1
+  kv_split = _split(config.num_kv_heads, model)
   tokens = rows * (prompt_len + max_new_tokens)
   cache = tokens * kv_bytes_per_token(config, scheme.kv_bits) / kv_split
   weights = weight_bytes_per_chip(config, scheme, model)

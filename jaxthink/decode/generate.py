@@ -15,7 +15,6 @@ from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
 from jaxthink.models.decoder import Decoder
-from jaxthink.models.kv_cache import KV_BITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +82,6 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   rows = _prompt_rows(prompts, prompt_mask, config.vocab_size)
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
-  if kv_bits not in KV_BITS:
-    raise ValueError(f"kv_bits={kv_bits!r} is not supported; use one of {KV_BITS}.")
   ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
   if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
     raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) differs "

@@ -82,7 +82,8 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
   """Decoding settings; the defaults are the R1-distilled models' (STUDY.md). temperature 0 is
-  greedy. Sample k of a problem uses seed `seed + k`."""
+  greedy. Each response's seed is derived from (seed, benchmark, problem, sample), so a resumed
+  run draws the same tokens."""
 
   temperature: float = 0.6
   top_p: float = 0.95

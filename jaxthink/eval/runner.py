@@ -21,7 +21,7 @@ from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
 from jaxthink.decode.generate import DecodeResult, generate
 from jaxthink.decode.mesh import mesh_from_config
-from jaxthink.decode.penalty import MarkerPenalty, marker_token_ids
+from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
 from jaxthink.eval.controls import frequency_matched_tokens, token_counts
@@ -64,16 +64,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, Path]:
            for name, ps in problems.items() for i, p in enumerate(ps)
            for s in range(cfg.sampling.samples_per_problem)]
   done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
-  corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
+  markers = load_markers()  # the list the overthinking analysis counts
+  counts = None  # corpus token frequencies, for frequency-matched control sets
 
   for variant in cfg.variants:
     todo = [it for it in items if it.key(variant.name) not in done]
     if not todo:
       continue
+    if variant.penalty.token_set == "random_matched" and counts is None:
+      corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
+      counts = token_counts(tok, corpus, reference.config.vocab_size)
     policy, kv_bits = _policy(variant, reference, cfg, mesh)
-    penalty = _penalty(variant.penalty, tok, reference.config.vocab_size, corpus)
+    penalty = _penalty(variant.penalty, tok, counts)
     ref = (reference.model, reference.params) if cfg.reference and variant.quantized else None
-    _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh)
+    _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers)
   return _report(cfg, run)
 
 
@@ -104,15 +108,14 @@ def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
   return (model, params), spec.kv_bits
 
 
-def _penalty(spec: PenaltySpec, tok, vocab_size: int, corpus: list[str]) -> MarkerPenalty:
+def _penalty(spec: PenaltySpec, tok, counts: np.ndarray | None) -> MarkerPenalty:
   """The variant's penalty; `is_marker` is always recorded against the marker tokens."""
-  markers = load_markers(spec.markers)
-  marker_ids = sorted({i for ids in marker_token_ids(tok, markers).values() for i in ids})
-  ids = marker_ids
-  if spec.token_set == "random_matched":
-    ids = frequency_matched_tokens(marker_ids, token_counts(tok, corpus, vocab_size), spec.seed)
-  return MarkerPenalty(spec.mode, spec.strength, spec.entropy_threshold, tuple(ids),
-                       marker_ids=tuple(marker_ids))
+  penalty = MarkerPenalty.from_tokenizer(tok, spec.mode, spec.strength, spec.entropy_threshold,
+                                         spec.markers)
+  if spec.token_set != "random_matched":
+    return penalty
+  ids = frequency_matched_tokens(list(penalty.token_ids), counts, spec.seed)
+  return dataclasses.replace(penalty, token_ids=tuple(ids), marker_ids=penalty.token_ids)
 
 
 def _row_seed(seed: int, item: WorkItem) -> int:
@@ -122,7 +125,7 @@ def _row_seed(seed: int, item: WorkItem) -> int:
   return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh):
+def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers):
   s = cfg.sampling
   sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
   bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
@@ -133,7 +136,8 @@ def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, me
                       sampling=sampling, penalty=penalty, reference=ref,
                       seed=np.asarray([_row_seed(s.seed, it) for it in batch]), mesh=mesh,
                       kv_bits=kv_bits)
-    rows, buffers = zip(*(_grade_row(run, variant, it, result, r, tok) for r, it in enumerate(batch)))
+    rows, buffers = zip(*(_grade_row(run, variant, it, result, r, tok, markers)
+                          for r, it in enumerate(batch)))
     run.append(rows, buffers)
     generated += int(result.lengths.sum())
     bar.update(len(batch))
@@ -141,16 +145,17 @@ def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, me
   bar.close()
 
 
-def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResult, r: int, tok):
+def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResult, r: int, tok,
+               markers: tuple[str, ...]):
   """The results.jsonl row and the per-token buffers of row `r` of a generated batch."""
   n = int(result.lengths[r])
   hit_max = not bool(result.finished[r])
   ids = result.tokens[r, :n - (not hit_max)].tolist()  # the end token is not part of the text
   text = tok.decode(ids, skip_special_tokens=False)
-  offsets = token_char_offsets(tok, ids)
+  offsets = token_char_offsets(tok, ids, text)
   g = grade(text, item.problem.answer, item.benchmark, hit_max_tokens=hit_max)
   over = analyze_response(text, item.problem.answer, g.correct, token_offsets=offsets,
-                          hit_max_tokens=hit_max)
+                          hit_max_tokens=hit_max, markers=markers)
   token_file = run.token_file(variant.name, item.benchmark, item.index, item.sample)
   row = {
       "key": item.key(variant.name), "variant": variant.name, "benchmark": item.benchmark,
@@ -181,7 +186,7 @@ def _report(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
     if not vrows:
       continue
     buffers = TokenBuffers.from_sequences([dict(np.load(run.path / r["token_file"])) for r in vrows])
-    stats = token_stats(buffers, entropy="ref" if buffers.entropy_ref is not None else "quant")
+    stats = token_stats(buffers)
     summaries.append(summarize_variant(variant.name, vrows, stats))
     if buffers.kl is not None:
       points[variant.name] = hexbin_points(buffers)

@@ -39,12 +39,16 @@ def is_transposed(path: tuple[str, ...]) -> bool:
   return path[-1] == "kernel"
 
 
+def abstract_params(model: Decoder) -> Any:
+  """Shapes and dtypes of `model`'s params (quantized leaves included), without allocating them."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  init = lambda: model.init(jax.random.key(0), tokens, tokens, tokens > -1)
+  return jax.eval_shape(init)["params"]
+
+
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
   """Flat `{path: shape}` of the float decoder's parameters, without allocating them."""
-  model = Decoder(config)
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, tokens > -1))
-  return flax.traverse_util.flatten_dict(shapes["params"])
+  return flax.traverse_util.flatten_dict(abstract_params(Decoder(config)))
 
 
 def checkpoint_files(path: str | Path) -> dict[str, Path]:

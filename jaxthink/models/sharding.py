@@ -24,6 +24,8 @@ _RULES = {
     ("q_proj", "bias"): ("model",),
     ("k_proj", "bias"): ("model",),
     ("v_proj", "bias"): ("model",),
+    ("gate_proj", "bias"): ("model",),
+    ("up_proj", "bias"): ("model",),
     ("embed_tokens", "embedding"): ("model", None),
     ("lm_head", "kernel"): (None, "model"),
 }

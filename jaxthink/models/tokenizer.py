@@ -39,15 +39,18 @@ def reasoning_prompt(tokenizer: PreTrainedTokenizerBase, problem: str,
   return prompt
 
 
-def token_char_offsets(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
-  """The character offset where each token of `ids` starts in `decode(ids)`.
+def token_char_offsets(tokenizer: PreTrainedTokenizerBase, ids: list[int],
+                       text: str | None = None) -> list[int]:
+  """The character offset where each token of `ids` starts in `text` = `decode(ids)` (pass it
+  when it is already decoded).
 
   Byte-level BPE (Qwen2, Llama 3, Qwen3): each vocabulary piece spells its bytes one character per
   byte, so offsets come from the byte lengths in one pass (a token ending inside a multi-byte
   character starts where that character starts). Other tokenizers fall back to decoding every
   prefix (exact, quadratic).
   """
-  text = tokenizer.decode(ids, skip_special_tokens=False)
+  if text is None:
+    text = tokenizer.decode(ids, skip_special_tokens=False)
   added = tokenizer.added_tokens_decoder
   pieces = tokenizer.convert_ids_to_tokens(ids)
   byte_lengths = [len(added[i].content.encode()) if i in added else len(p)

@@ -38,20 +38,21 @@ def search_scale(kernels: Sequence[jax.Array], settings: Sequence[Setting], gram
     grid: number of alphas, `alpha = i / grid`.
 
   Returns:
-    scale `[m]`, the chosen alpha, and the loss per alpha `[grid]`.
+    scale `[m]` and the chosen alpha.
   """
-  def loss(alpha):
+  def scale(alpha):
     s = jnp.maximum(x_mean ** alpha, 1e-4)
-    s = s / jnp.sqrt(jnp.max(s) * jnp.min(s))
-    rows = s[expand][:, None]
+    return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
+
+  def loss(alpha):
+    rows = scale(alpha)[expand][:, None]
     return sum(gram_error(k - fake_quantize(k * rows, bits, gs) / rows, gram)
                for k, (bits, gs) in zip(kernels, settings))
 
   alphas = jnp.arange(grid, dtype=jnp.float32) / grid
   losses = jax.lax.map(loss, alphas)
-  best = jnp.argmin(losses)
-  s = jnp.maximum(x_mean ** alphas[best], 1e-4)
-  return s / jnp.sqrt(jnp.max(s) * jnp.min(s)), alphas[best], losses
+  best = alphas[jnp.argmin(losses)]
+  return scale(best), best
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "group_size", "grid", "max_shrink"))

@@ -131,6 +131,7 @@ class BlockRunner:
     self.config = config
     self.dtype = dtype
     self._forward = _block_forward(config, jnp.dtype(dtype).name)
+    self._inputs = _block_inputs(config, jnp.dtype(dtype).name)
 
   def statistics(self, block_params: Any, x: jax.Array, heldout: jax.Array,
                  batch_size: int) -> tuple[dict[str, InputStats], jax.Array, jax.Array]:
@@ -152,8 +153,7 @@ class BlockRunner:
       totals = sums if totals is None else _combine(totals, sums)
     n = x.shape[0] * x.shape[1]
     if heldout.shape[0]:
-      y_heldout, inputs_heldout = _block_inputs(self.config, jnp.dtype(self.dtype).name)(
-          block_params, heldout)
+      y_heldout, inputs_heldout = self._inputs(block_params, heldout)
     else:
       y_heldout, inputs_heldout = heldout, None
     stats = {}

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from jaxthink.config import from_dict
 from jaxthink.models.config import CheckpointError, ModelConfig
 from jaxthink.models.decoder import Decoder
+from jaxthink.models.hf_io import abstract_params
 from jaxthink.models.pretrained import Pretrained
 from jaxthink.models.tokenizer import load_tokenizer
 from jaxthink.quant.aqt_linear import QuantRules
@@ -84,13 +85,6 @@ def load_quantized(directory: str | Path, mesh: jax.sharding.Mesh | None = None,
   params = ocp.StandardCheckpointer().restore(directory / "params", target)
   tok = load_tokenizer(directory) if tokenizer else None
   return Pretrained(config, model, params, tok), spec, meta.get("report", {})
-
-
-def abstract_params(model: Decoder) -> Any:
-  """Shapes and dtypes of `model`'s params (quantized leaves included), without allocating them."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  init = lambda: model.init(jax.random.key(0), tokens, tokens, tokens > -1)
-  return jax.eval_shape(init)["params"]
 
 
 def _json(value: Any) -> Any:

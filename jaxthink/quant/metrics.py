@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxthink.decode.stats import kl_divergence, log_probs
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.pretrained import sequence_logits
 
@@ -65,6 +66,4 @@ def mean_token_kl(reference: Decoder, reference_params: Any, model: Decoder, par
 
 @jax.jit
 def _kl(ref_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  p_log = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
-  q_log = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+  return kl_divergence(log_probs(ref_logits), log_probs(logits))

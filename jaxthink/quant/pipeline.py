@@ -272,7 +272,7 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
       x_mean = st.abs_mean
     kernels = tuple(t.params[SCOPE[n]][n]["kernel"] for n in active)
     settings = tuple((t.rules[n].weight_bits, t.rules[n].group_size) for n in active)
-    s, alpha, _ = awq.search_scale(kernels, settings, st.gram, x_mean, expand, grid=spec.awq_grid)
+    s, alpha = awq.search_scale(kernels, settings, st.gram, x_mean, expand, grid=spec.awq_grid)
     _fold(t, prev, names, s, expand)
     t.stats[key] = st.scaled(1 / s[expand])
     for n in active:

@@ -47,11 +47,7 @@ def quant_param_spec(path: Sequence[str], shape: Sequence[int], mesh: Mesh) -> P
 
 def shard_params(params: Any, mesh: Mesh) -> Any:
   """Places every leaf of `params` with `quant_param_spec`."""
-  flat = flax.traverse_util.flatten_dict(params)
-  placed = {path: jax.device_put(value, NamedSharding(mesh, quant_param_spec(path, value.shape,
-                                                                             mesh)))
-            for path, value in flat.items()}
-  return flax.traverse_util.unflatten_dict(placed)
+  return jax.device_put(params, param_shardings(params, mesh))
 
 
 def param_shardings(abstract_params: Any, mesh: Mesh | None) -> Any:

@@ -22,13 +22,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from jaxthink.eval.config import EMBEDDED_DATA_DIR as DATA_DIR, EMBEDDED_MODEL_DIR as MODEL_DIR
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.tiny.task import generate_problems, write_jsonl
 from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
-
-MODEL_DIR = Path(__file__).parent / "model"
-DATA_DIR = Path(__file__).parent / "data"
 
 
 @dataclasses.dataclass(frozen=True)
