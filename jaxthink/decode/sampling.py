@@ -56,7 +56,8 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
 
   Args:
     keys: `[batch]` per-row keys (`row_keys`); unused when greedy.
-    step: `[]` the decode step, folded into the keys.
+    step: `[]` or `[batch]` int32, each row's decode step (tokens it has generated), folded into
+      its key.
   """
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -70,7 +71,7 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # The most likely token is always kept (its mass_before is 0 < top_p).
     scaled = jnp.where(mass_before < sampling.top_p, scaled, -jnp.inf)
-  step_keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(keys)
+  step_keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape))
   picked = jax.vmap(jax.random.categorical)(step_keys, scaled)
   if k:
     picked = jnp.take_along_axis(candidates, picked[:, None], axis=-1)[:, 0]
