@@ -129,7 +129,7 @@ def result_rows(state: DecodeState, n: int, prompt_bucket: int, rows: np.ndarray
   """The `DecodeResult` of decode rows `rows` (default: the first `n`), numpy, with buffers cut to
   `columns` (default: all)."""
   take = lambda x: x[:n] if rows is None else x[rows]
-  cut = lambda x: None if x is None else to_numpy(take(x))[:, :columns]
+  cut = lambda x: None if x is None else to_numpy(take(x)[:, :columns])  # cut on device
   r = state.records
   return DecodeResult(tokens=cut(state.tokens), lengths=to_numpy(take(state.generated)),
                       finished=to_numpy(take(state.ended)), entropy=cut(r.entropy),

@@ -1,9 +1,9 @@
 """Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache.
 
 Two ways to attend over a cache (`Decoder.decode_attention`, static):
-  chunked  (default) one new token per row: an online-softmax loop over chunks of `ATTENTION_CHUNK`
-           slots that stops at the highest slot any active row has written, so a step's cost
-           follows the written length, not the allocated one (a 32K-token budget costs nothing
+  chunked  (default) one new token per row: an online-softmax loop over chunks of
+           `attention_chunk` slots that stops at the highest slot any active row has written, so
+           a step's cost follows the written length, not the allocated one (a 32K-token budget costs nothing
            until it is used).
   dense    every allocated slot, masked: the simple reference, and what prefill uses.
 Quantized caches are read as integers: key scales multiply the scores and value scales the
@@ -98,6 +98,7 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
   quant: Any = None
   decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array | None,
@@ -140,7 +141,7 @@ class Attention(nn.Module):
       kv = kv.write(k, v, starts)
       query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
       if t == 1 and self.decode_attention == "chunked":
-        out = chunked_attention(q, kv, query_slot[:, 0], limit, self.dtype)
+        out = chunked_attention(q, kv, query_slot[:, 0], limit, self.dtype, self.attention_chunk)
       else:
         key_slot = jnp.arange(kv.k.shape[2])
         out = dense_attention(q, kv, key_slot[None, None] <= query_slot[..., None], self.dtype)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxthink.models.attention import Attention
+from jaxthink.models.attention import ATTENTION_CHUNK, Attention
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.kv_cache import KVCache
 from jaxthink.models.layers import MLP, Linear, RMSNorm
@@ -26,13 +26,14 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
   quant: Any = None
   decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
   def __call__(self, x, positions, allowed, kv, starts, limit):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)
     attn_out, kv = Attention(cfg, self.inv_freq, self.dtype, self.param_dtype, self.quant,
-                             self.decode_attention, name="self_attn")(
+                             self.decode_attention, self.attention_chunk, name="self_attn")(
                                  norm("input_layernorm")(x), positions, allowed, kv, starts, limit)
     x = x + attn_out
     x = x + MLP(cfg.intermediate_size, cfg.mlp_bias, self.dtype, self.param_dtype, self.quant,
@@ -50,6 +51,7 @@ class Decoder(nn.Module):
     quant: quantization rules (`jaxthink.quant`) with `.for_layer(name)`, or None for float.
     decode_attention: "chunked" (cost follows the written length) or "dense" (every allocated
       slot) for one-token steps over a cache (`jaxthink.models.attention`).
+    attention_chunk: slots per step of the chunked attention loop.
   """
 
   config: ModelConfig
@@ -57,6 +59,7 @@ class Decoder(nn.Module):
   param_dtype: Any = jnp.float32
   quant: Any = None
   decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
@@ -97,8 +100,8 @@ class Decoder(nn.Module):
     for i in range(cfg.num_layers):
       kv = None if kv_cache is None else kv_cache.layers[i]
       x, kv = Block(cfg, inv_freq, self.dtype, self.param_dtype, self.quant,
-                    self.decode_attention, name=f"layers_{i}")(x, positions, allowed, kv, starts,
-                                                               limit)
+                    self.decode_attention, self.attention_chunk, name=f"layers_{i}")(
+                        x, positions, allowed, kv, starts, limit)
       new_layers.append(kv)
     if last_only:  # each row's last real token (right- or left-padded)
       last = jnp.max(jnp.where(token_mask, jnp.arange(t), 0), axis=1)
