@@ -132,7 +132,7 @@ def test_chunked_attention_matches_numpy(bits):
     cache = LayerKV(jnp.asarray(k), jnp.asarray(v))
   else:  # the reference sees the dequantized values the cache stands for
     (qk, sk), (qv, sv) = quantize_kv(jnp.asarray(k), bits), quantize_kv(jnp.asarray(v), bits)
-    cache = LayerKV(qk, qv, sk, sv)
+    cache = LayerKV(qk, qv, sk, sv, bits)
     k = np.asarray(qk.astype(jnp.float32)) * np.asarray(sk)[..., None]
     v = np.asarray(qv.astype(jnp.float32)) * np.asarray(sv)[..., None]
   want = _numpy_attention(q, k, v, query_slot)

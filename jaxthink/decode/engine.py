@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxthink.decode.generate import (DecodeResult, _model_and_params, _prompt_rows,
-                                      bucket_length, result_rows, right_padded)
+                                      bucket_length, right_padded)
 from jaxthink.decode.loop import LoopSpec, _constrain, decode, init_state, insert, prefill
 from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_numpy
 from jaxthink.decode.penalty import MarkerPenalty
@@ -59,6 +59,18 @@ class EngineStats:
   tokens_drain: int = 0
   host_returns: int = 0
   seconds: float = 0.0
+
+  def count(self, steps: int, width: int, tokens: int, waiting: bool) -> None:
+    """Adds one run of the loop: `steps` steps over `width` rows that generated `tokens`."""
+    if waiting:
+      self.steps_waiting += steps
+      self.slot_steps_waiting += steps * width
+      self.tokens_waiting += tokens
+    else:
+      self.steps_drain += steps
+      self.slot_steps_drain += steps * width
+      self.tokens_drain += tokens
+    self.host_returns += 1
 
   @property
   def utilisation_waiting(self) -> float:
@@ -133,6 +145,7 @@ class Engine:
     started = time.perf_counter()
     queue = collections.deque(range(len(requests)))
     occupant = [None] * self.slots  # request index held by each row, None when free
+    generated = np.zeros(self.slots, np.int64)  # host copy of state.generated
     state = init_state(spec, self.slots, bucket + spec.max_new_tokens)
     while queue or any(o is not None for o in occupant):
       free = [row for row, o in enumerate(occupant) if o is None]
@@ -140,27 +153,20 @@ class Engine:
         entering = [queue.popleft() for _ in range(min(len(free), len(queue)))]
         state = self._insert(state, free, entering, prompts, requests)
         for row, i in zip(free, entering):
-          occupant[row] = i
+          occupant[row], generated[row] = i, 1
       elif not queue and self.shrink_drain:
-        state, occupant = self._shrink(state, occupant)
+        state, kept = self._shrink(state, occupant)
+        occupant, generated = [occupant[row] for row in kept], generated[kept]
       waiting = bool(queue)
-      before = to_numpy(state.generated)
       state, steps = decode(spec, self.params, self.ref_params, state, self.penalty, waiting,
                             self.sync_every)
-      generated, done = to_numpy(state.generated), to_numpy(state.done)
-      steps, tokens, width = int(steps), int((generated - before).sum()), len(occupant)
-      if waiting:
-        stats.steps_waiting += steps
-        stats.slot_steps_waiting += steps * width
-        stats.tokens_waiting += tokens
-      else:
-        stats.steps_drain += steps
-        stats.slot_steps_drain += steps * width
-        stats.tokens_drain += tokens
-      stats.host_returns += 1
+      before = generated
+      generated, done, steps = to_numpy((state.generated, state.done, steps))
+      generated = generated.astype(np.int64)  # a writable copy
+      stats.count(int(steps), len(occupant), int((generated - before).sum()), waiting)
       finished = [row for row, o in enumerate(occupant) if o is not None and done[row]]
       if finished:
-        batch = _collect(state, np.asarray(finished), int(generated[finished].max()))
+        batch = _collect(state, finished, int(generated[finished].max()))
         for j, row in enumerate(finished):
           yield occupant[row], _one(batch, j, bucket)
           occupant[row] = None
@@ -182,16 +188,19 @@ class Engine:
     budgets = np.asarray([requests[i].max_new_tokens for i in fill], np.int32)
     return insert(self.spec, state, new, jnp.asarray(rows), jnp.asarray(budgets))
 
-  def _shrink(self, state: DecodeState, occupant: list) -> tuple[DecodeState, list]:
-    """With the queue empty: the state cut to half its rows while half or more are free."""
+  def _shrink(self, state: DecodeState, occupant: list) -> tuple[DecodeState, list[int]]:
+    """With the queue empty: the state cut to half its rows while half or more are free, and
+    which old rows it kept."""
+    kept = list(range(len(occupant)))
     while True:
-      width = len(occupant) // 2
-      busy = [row for row, o in enumerate(occupant) if o is not None]
+      width = len(kept) // 2
+      busy = [i for i, row in enumerate(kept) if occupant[row] is not None]
       if len(busy) > width or width < 1 or width != padded_batch_size(width, self.mesh):
-        return state, occupant
-      rows = busy + [row for row, o in enumerate(occupant) if o is None][:width - len(busy)]
-      state = _select(self.spec, state, jnp.asarray(rows, jnp.int32))
-      occupant = [occupant[row] for row in rows]
+        if len(kept) < len(occupant):
+          state = _select(self.spec, state, jnp.asarray(kept, jnp.int32))
+        return state, kept
+      idle = [i for i, row in enumerate(kept) if occupant[row] is None]
+      kept = [kept[i] for i in busy + idle[:width - len(busy)]]
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
@@ -199,11 +208,22 @@ def _select(spec: LoopSpec, state: DecodeState, rows: jax.Array) -> DecodeState:
   return _constrain(spec, jax.tree.map(lambda x: x[rows], state))
 
 
-def _collect(state: DecodeState, rows: np.ndarray, longest: int) -> DecodeResult:
-  """The finished `rows`' results, their buffers cut to a power of two >= `longest` on device
-  (so a 32K-token budget does not copy 32K columns for a short answer)."""
+@functools.partial(jax.jit, static_argnums=2)
+def _gather(state: DecodeState, rows: jax.Array, width: int):
+  take = lambda x: None if x is None else x[rows, :width]
+  return (take(state.tokens), state.generated[rows], state.ended[rows],
+          jax.tree.map(take, state.records))
+
+
+def _collect(state: DecodeState, rows: list[int], longest: int) -> DecodeResult:
+  """The finished `rows`' results in one transfer, their buffers cut on device to a power of two
+  >= `longest` (a 32K-token budget does not copy 32K columns for a short answer)."""
   width = min(bucket_length(longest, 1), state.tokens.shape[1])
-  return result_rows(state, len(rows), 0, rows=jnp.asarray(rows), columns=width)
+  padded = rows + rows[:1] * ((1 << (len(rows) - 1).bit_length()) - len(rows))  # few programs
+  tokens, lengths, ended, r = to_numpy(_gather(state, jnp.asarray(padded), width))
+  return DecodeResult(tokens=tokens, lengths=lengths, finished=ended, entropy=r.entropy,
+                      log_prob=r.log_prob, is_marker=r.is_marker, penalty_fired=r.penalty_fired,
+                      kl=r.kl, ref_entropy=r.ref_entropy, ref_log_prob=r.ref_log_prob)
 
 
 def _one(batch: DecodeResult, j: int, bucket: int) -> DecodeResult:

@@ -51,7 +51,7 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 
 def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]] | np.ndarray, *,
-             max_new_tokens: int, sampling: Sampling = Sampling(),
+             max_new_tokens: int, budgets: Sequence[int] | None = None, sampling: Sampling = Sampling(),
              penalty: MarkerPenalty = MarkerPenalty(),
              reference: tuple[Decoder, Any] | Any | None = None,
              eos_ids: Sequence[int] | None = None, seed: int | Sequence[int] = 0, mesh: Mesh | None = None,
@@ -65,6 +65,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
       when it is padded, left or right).
     max_new_tokens: tokens generated at most per row (the size of every buffer and of the cache
       beyond the prompt).
+    budgets: optional per-row limits (each <= max_new_tokens).
     sampling: greedy (default) or temperature / top-k / top-p.
     penalty: the marker penalty; its `token_ids` are recorded as `is_marker` in every mode.
     reference: `(model, params)` (or `Pretrained`) co-decoded on the policy's tokens, for KL and
@@ -83,6 +84,10 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   rows = _prompt_rows(prompts, prompt_mask, config.vocab_size)
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+  budgets = np.broadcast_to(np.asarray(max_new_tokens if budgets is None else budgets, np.int32),
+                            (len(rows),))
+  if budgets.min() < 1 or budgets.max() > max_new_tokens:
+    raise ValueError(f"budgets must lie in [1, max_new_tokens={max_new_tokens}].")
   ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
   if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
     raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) differs "
@@ -93,6 +98,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   batch = len(rows)
   padded = padded_batch_size(batch, mesh)
   rows = rows + [rows[0]] * (padded - batch)  # filler rows, dropped from the result
+  budgets = np.concatenate([budgets, np.ones(padded - batch, np.int32)])
   tokens, lengths = right_padded(rows, pad_id)
   spec = LoopSpec(policy=model, reference=ref_model, sampling=sampling,
                   penalty_mode=penalty.mode, eos_ids=eos_ids, pad_id=pad_id,
@@ -106,8 +112,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   state = init_state(spec, padded, tokens.shape[1] + spec.max_new_tokens)
   first = prefill(spec, params, ref_params, put_batch(tokens, mesh), put_batch(lengths, mesh),
                   _seeds(seed, batch, padded, mesh), arrays)
-  state = insert(spec, state, first, jnp.arange(padded),
-                 jnp.full((padded,), spec.max_new_tokens, jnp.int32))
+  state = insert(spec, state, first, jnp.arange(padded), jnp.asarray(budgets))
   state, _ = decode(spec, params, ref_params, state, arrays, False, spec.max_new_tokens)
   return result_rows(state, batch, tokens.shape[1])
 

@@ -20,13 +20,19 @@ import jax.numpy as jnp
 from jaxthink.models.config import ModelConfig
 
 KV_BITS = (None, 8, 4)
-_STORAGE = {8: jnp.int8, 4: jnp.int4}
+
+
+def _storage(bits: int):
+  """The integer type holding `bits`-bit values. XLA:CPU handles packed int4 slowly (a one-token
+  update rewrites the whole buffer: ~200 ms per layer at 8K slots), so on CPU 4-bit values live
+  in int8; accelerators store them packed."""
+  return jnp.int8 if bits == 8 or jax.default_backend() == "cpu" else jnp.int4
 
 
 def quantize_kv(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
   """Symmetric per-vector quantization of `x` `[..., head_dim]`.
 
-  Returns integers in `[-(2**(bits-1) - 1), 2**(bits-1) - 1]` (int8 or int4 storage) and the
+  Returns integers in `[-(2**(bits-1) - 1), 2**(bits-1) - 1]` (`_storage(bits)`) and the
   scale `[...]` float32, with `x ≈ q * scale`.
   """
   qmax = 2 ** (bits - 1) - 1
@@ -34,7 +40,7 @@ def quantize_kv(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
   scale = jnp.max(jnp.abs(x32), axis=-1) / qmax
   safe = jnp.where(scale > 0, scale, 1.0)  # all-zero vectors stay zero
   q = jnp.clip(jnp.round(x32 / safe[..., None]), -qmax, qmax)
-  return q.astype(_STORAGE[bits]), scale
+  return q.astype(_storage(bits)), scale
 
 
 def dequantize_kv(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
@@ -55,10 +61,7 @@ class LayerKV:
   v: jax.Array  # [batch, kv_heads, max_len, head_dim]
   k_scale: jax.Array | None = None  # [batch, kv_heads, max_len]
   v_scale: jax.Array | None = None
-
-  @property
-  def bits(self) -> int | None:
-    return {jnp.dtype(jnp.int8): 8, jnp.dtype(jnp.int4): 4}.get(jnp.dtype(self.k.dtype))
+  bits: int | None = flax.struct.field(pytree_node=False, default=None)  # None: a float cache
 
   def write(self, k: jax.Array, v: jax.Array, starts: jax.Array) -> "LayerKV":
     """Stores `k`, `v` `[batch, seq, kv_heads, head_dim]` at slots `starts[b] .. + seq - 1` of
@@ -72,7 +75,8 @@ class LayerKV:
       return LayerKV(put(self.k, k), put(self.v, v))
     qk, sk = quantize_kv(k, self.bits)
     qv, sv = quantize_kv(v, self.bits)
-    return LayerKV(put(self.k, qk), put(self.v, qv), put(self.k_scale, sk), put(self.v_scale, sv))
+    return LayerKV(put(self.k, qk), put(self.v, qv), put(self.k_scale, sk), put(self.v_scale, sv),
+                   self.bits)
 
 
 @flax.struct.dataclass
@@ -107,8 +111,8 @@ def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.bfloa
     if kv_bits is None:
       return LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     scales = lambda: jnp.zeros(shape[:3], jnp.float32)  # [batch, kv_heads, max_len]
-    store = _STORAGE[kv_bits]
-    return LayerKV(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales())
+    store = _storage(kv_bits)
+    return LayerKV(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales(), kv_bits)
 
   return KVCache(layers=tuple(layer() for _ in range(config.num_layers)),
                  lengths=jnp.zeros((batch,), jnp.int32))
@@ -125,7 +129,7 @@ def insert_rows(cache: KVCache, new: KVCache, rows: jax.Array) -> KVCache:
     return None if buf is None else buf.at[rows, :, :n].set(x.astype(buf.dtype), mode="drop")
 
   layers = tuple(LayerKV(*(put(getattr(old, f), getattr(l, f)) for f in ("k", "v", "k_scale",
-                                                                           "v_scale")))
+                                                                           "v_scale")), old.bits)
                  for old, l in zip(cache.layers, new.layers))
   return KVCache(layers=layers, lengths=cache.lengths.at[rows].set(new.lengths, mode="drop"))
 
