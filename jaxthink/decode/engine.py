@@ -147,6 +147,7 @@ class Engine:
     occupant = [None] * self.slots  # request index held by each row, None when free
     generated = np.zeros(self.slots, np.int64)  # host copy of state.generated
     state = init_state(spec, self.slots, bucket + spec.max_new_tokens)
+    finished: list[tuple[int, DecodeResult]] = []
     while queue or any(o is not None for o in occupant):
       free = [row for row, o in enumerate(occupant) if o is None]
       if queue and free:
@@ -160,19 +161,22 @@ class Engine:
       waiting = bool(queue)
       state, steps = decode(spec, self.params, self.ref_params, state, self.penalty, waiting,
                             self.sync_every)
+      yield from finished  # the caller handles them (grading, writing) while the loop runs
       before = generated
       generated, done, steps = to_numpy((state.generated, state.done, steps))
       generated = generated.astype(np.int64)  # a writable copy
       stats.count(int(steps), len(occupant), int((generated - before).sum()), waiting)
-      finished = [row for row, o in enumerate(occupant) if o is not None and done[row]]
-      if finished:
-        batch = _collect(state, finished, int(generated[finished].max()))
-        for j, row in enumerate(finished):
-          yield occupant[row], _one(batch, j, bucket)
+      rows = [row for row, o in enumerate(occupant) if o is not None and done[row]]
+      finished = []
+      if rows:
+        batch = _collect(state, rows, int(generated[rows].max()))
+        finished = [(occupant[row], _one(batch, j, bucket)) for j, row in enumerate(rows)]
+        for row in rows:
           occupant[row] = None
       stats.seconds = time.perf_counter() - started
       if on_step is not None:
         on_step(stats)
+    yield from finished
 
   def _insert(self, state: DecodeState, free: list[int], entering: list[int], prompts,
               requests) -> DecodeState:

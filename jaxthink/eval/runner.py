@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +18,9 @@ from jaxthink.analysis.report import VariantSummary, hexbin_points, summarize_va
 from jaxthink.analysis.stats import TokenBuffers, token_stats
 from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
-from jaxthink.decode.generate import DecodeResult, generate
-from jaxthink.decode.mesh import mesh_from_config
+from jaxthink.decode.engine import Engine, Request
+from jaxthink.decode.generate import DecodeResult
+from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
@@ -126,22 +126,22 @@ def _row_seed(seed: int, item: WorkItem) -> int:
 
 
 def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers):
+  """Every item of `todo` through one request queue (`cfg.batch_size` decode slots); each
+  response is graded and appended as soon as it finishes."""
   s = cfg.sampling
-  sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+  engine = Engine(policy, slots=padded_batch_size(cfg.batch_size, mesh),
+                  max_new_tokens=s.max_new_tokens,
+                  sampling=Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p),
+                  penalty=penalty, reference=ref, mesh=mesh, kv_bits=kv_bits)
+  requests = [Request(it.prompt, s.max_new_tokens, _row_seed(s.seed, it)) for it in todo]
   bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
-  generated, started = 0, time.perf_counter()
-  for start in range(0, len(todo), cfg.batch_size):
-    batch = todo[start:start + cfg.batch_size]
-    result = generate(policy, [list(it.prompt) for it in batch], max_new_tokens=s.max_new_tokens,
-                      sampling=sampling, penalty=penalty, reference=ref,
-                      seed=np.asarray([_row_seed(s.seed, it) for it in batch]), mesh=mesh,
-                      kv_bits=kv_bits)
-    rows, buffers = zip(*(_grade_row(run, variant, it, result, r, tok, markers)
-                          for r, it in enumerate(batch)))
-    run.append(rows, buffers)
-    generated += int(result.lengths.sum())
-    bar.update(len(batch))
-    bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.0f}")
+  generated = 0
+  for i, result in engine.stream(requests):
+    row, buffers = _grade_row(run, variant, todo[i], result, 0, tok, markers)
+    run.append([row], [buffers])
+    generated += int(result.lengths[0])
+    bar.update(1)
+    bar.set_postfix(tok_s=f"{generated / max(engine.stats.seconds, 1e-9):.0f}")
   bar.close()
 
 
