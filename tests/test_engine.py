@@ -109,25 +109,25 @@ def test_codecoding_records_equal_static(models, kv_bits):
 
 
 def _numpy_attention(q, k, v, query_slot):
-  """Softmax attention per row over slots `0 .. query_slot[b]`, float64."""
-  b, _, kv, g, d = q.shape
-  out = np.zeros((b, kv, g, 1, d))
+  """Softmax attention of each query over slots `0 .. query_slot[b, i]`, float64."""
+  b, t, kv, g, d = q.shape
+  out = np.zeros((b, kv, g, t, d))
   for i in range(b):
-    keys, values = k[i, :, :query_slot[i] + 1], v[i, :, :query_slot[i] + 1]  # [kv, s, d]
-    scores = np.einsum("kgd,ksd->kgs", q[i, 0], keys) / np.sqrt(d)
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    out[i, :, :, 0] = np.einsum("kgs,ksd->kgd", p / p.sum(-1, keepdims=True), values)
+    for j in range(t):
+      keys, values = k[i, :, :query_slot[i, j] + 1], v[i, :, :query_slot[i, j] + 1]
+      scores = np.einsum("kgd,ksd->kgs", q[i, j], keys) / np.sqrt(d)
+      p = np.exp(scores - scores.max(-1, keepdims=True))
+      out[i, :, :, j] = np.einsum("kgs,ksd->kgd", p / p.sum(-1, keepdims=True), values)
   return out
 
 
 @pytest.mark.parametrize("bits", [None, 8, 4])
 def test_chunked_attention_matches_numpy(bits):
+  """One query per row (a decode step) and three (a teacher-forced chunk)."""
   rng = np.random.default_rng(0)
   b, kv, g, d, slots = 4, 2, 3, 16, 45
-  q = rng.normal(size=(b, 1, kv, g, d)).astype(np.float32)
   k = rng.normal(size=(b, kv, slots, d)).astype(np.float32)
   v = rng.normal(size=(b, kv, slots, d)).astype(np.float32)
-  query_slot = np.asarray([0, 17, 44, 30], np.int32)
   if bits is None:
     cache = LayerKV(jnp.asarray(k), jnp.asarray(v))
   else:  # the reference sees the dequantized values the cache stands for
@@ -135,14 +135,18 @@ def test_chunked_attention_matches_numpy(bits):
     cache = LayerKV(qk, qv, sk, sv, bits)
     k = np.asarray(qk.astype(jnp.float32)) * np.asarray(sk)[..., None]
     v = np.asarray(qv.astype(jnp.float32)) * np.asarray(sv)[..., None]
-  want = _numpy_attention(q, k, v, query_slot)
-  for chunk in (8, 16, 45, 512):  # 45 % 8 != 0: the last chunk overlaps the one before
-    got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(query_slot),
-                            jnp.int32(query_slot.max()), jnp.float32, chunk)
-    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6, err_msg=f"chunk {chunk}")
-  allowed = np.arange(slots)[None, None] <= query_slot[:, None, None]
-  dense = dense_attention(jnp.asarray(q), cache, jnp.asarray(allowed), jnp.float32)
-  np.testing.assert_allclose(np.asarray(dense), want, atol=2e-6)
+  for last in ([0, 17, 44, 30], [2, 20, 44, 9]):
+    for t in (1, 3):
+      query_slot = np.asarray(last)[:, None] - np.arange(t)[::-1]  # t consecutive queries
+      q = rng.normal(size=(b, t, kv, g, d)).astype(np.float32)
+      want = _numpy_attention(q, k, v, np.maximum(query_slot, 0))
+      for chunk in (8, 16, 45, 512):  # 45 % 8 != 0: the last chunk overlaps the one before
+        got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
+                                jnp.int32(query_slot.max()), jnp.float32, chunk)
+        np.testing.assert_allclose(np.asarray(got), want, atol=2e-6, err_msg=f"chunk {chunk}")
+      allowed = np.arange(slots)[None, None] <= np.maximum(query_slot, 0)[..., None]
+      dense = dense_attention(jnp.asarray(q), cache, jnp.asarray(allowed), jnp.float32)
+      np.testing.assert_allclose(np.asarray(dense), want, atol=2e-6)
 
 
 def test_bad_requests_are_named(models):
@@ -152,3 +156,22 @@ def test_bad_requests_are_named(models):
     engine.run([Request([5], 4), Request([6], 9)])
   with pytest.raises(ValueError, match="multiple"):
     Engine((quant.model, quant.params), slots=0, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("kv_bits", [None, 8])
+def test_score_pass_equals_codecoding(models, kv_bits):
+  """`reference: score` (a teacher-forced pass after decoding) records what co-decoding does."""
+  from jaxthink.decode.score import score_reference
+  _, quant, ref = models
+  reqs = requests()
+  kw = dict(slots=3, max_new_tokens=max(BUDGETS), eos_ids=(), kv_bits=kv_bits)
+  codecoded = Engine((quant.model, quant.params), reference=(ref.model, ref.params), **kw).run(reqs)
+  plain = Engine((quant.model, quant.params), **kw).run(reqs)
+  assert plain[0].kl is None
+  scored = score_reference((quant.model, quant.params), (ref.model, ref.params),
+                           [r.prompt for r in reqs], plain, kv_bits=kv_bits, chunk=16)
+  for want, got in zip(codecoded, scored):
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    for field in ("kl", "ref_entropy", "ref_log_prob"):
+      np.testing.assert_allclose(getattr(got, field), getattr(want, field), atol=1e-5,
+                                 err_msg=field)

@@ -1,11 +1,11 @@
 """Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache.
 
 Two ways to attend over a cache (`Decoder.decode_attention`, static):
-  chunked  (default) one new token per row: an online-softmax loop over chunks of
-           `attention_chunk` slots that stops at the highest slot any active row has written, so
-           a step's cost follows the written length, not the allocated one (a 32K-token budget costs nothing
-           until it is used).
-  dense    every allocated slot, masked: the simple reference, and what prefill uses.
+  chunked  (default) an online-softmax loop over chunks of `attention_chunk` slots that stops at
+           the highest slot any active row has written, so a decode step's cost follows the
+           written length, not the allocated one (a 32K-token budget costs nothing until it is
+           used), and a chunked teacher-forced pass never holds `[queries, all slots]` scores.
+  dense    every allocated slot, masked: the simple reference.
 Quantized caches are read as integers: key scales multiply the scores and value scales the
 probabilities, so no float copy of the cache is made.
 """
@@ -55,38 +55,37 @@ def dense_attention(q: jax.Array, kv: LayerKV, allowed: jax.Array, dtype) -> jax
 
 def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, limit: jax.Array,
                       dtype, chunk: int = ATTENTION_CHUNK) -> jax.Array:
-  """Attention of one query per row over slots `0 .. query_slot[b]`, visiting only the chunks
-  at or below `limit` (the highest `query_slot` of the rows that matter).
+  """Attention of each query over slots `0 .. its query_slot`, visiting only the chunks at or
+  below `limit` (the highest `query_slot` of the rows that matter): flash-style online softmax.
 
   Args:
-    q: `[b, 1, kv, g, d]`.
+    q: `[b, t, kv, g, d]`.
     kv: the layer's cache, `max_len` slots (any length; the last chunk may overlap the one before,
       its repeated slots are masked).
-    query_slot: `[b]` int32. limit: `[]` int32.
+    query_slot: `[b, t]` int32. limit: `[]` int32.
 
   Returns:
-    `[b, kv, g, 1, d]` float32.
+    `[b, kv, g, t, d]` float32.
   """
-  b, _, heads, groups, d = q.shape
+  b, t, heads, groups, d = q.shape
   max_len = kv.k.shape[2]
   chunk = min(chunk, max_len)
 
   def visit(c, carry):
-    best, total, acc = carry  # running max [b, kv, g, 1], softmax denominator, numerator
+    best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
     start = jnp.minimum(c * chunk, max_len - chunk)
     cut = lambda x: None if x is None else jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=2)
     slot = start + jnp.arange(chunk)
-    ok = (slot[None] >= c * chunk) & (slot[None] <= query_slot[:, None])  # [b, chunk]
-    scores = jnp.where(ok[:, None, None, None], _scores(q, cut(kv.k), cut(kv.k_scale), dtype),
-                       _MASKED)
+    ok = (slot >= c * chunk) & (slot <= query_slot[..., None])  # [b, t, chunk]
+    scores = jnp.where(ok[:, None, None], _scores(q, cut(kv.k), cut(kv.k_scale), dtype), _MASKED)
     new_best = jnp.maximum(best, scores.max(-1))
     rescale = jnp.exp(best - new_best)
     probs = jnp.exp(scores - new_best[..., None])
     return (new_best, total * rescale + probs.sum(-1),
             acc * rescale[..., None] + _mix(probs, cut(kv.v), cut(kv.v_scale), dtype))
 
-  init = (jnp.full((b, heads, groups, 1), _MASKED), jnp.zeros((b, heads, groups, 1)),
-          jnp.zeros((b, heads, groups, 1, d)))
+  init = (jnp.full((b, heads, groups, t), _MASKED), jnp.zeros((b, heads, groups, t)),
+          jnp.zeros((b, heads, groups, t, d)))
   _, total, acc = jax.lax.fori_loop(0, limit // chunk + 1, visit, init)
   return acc / total[..., None]
 
@@ -140,8 +139,8 @@ class Attention(nn.Module):
     else:  # written first (quantized on write), so attention sees what the cache holds
       kv = kv.write(k, v, starts)
       query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
-      if t == 1 and self.decode_attention == "chunked":
-        out = chunked_attention(q, kv, query_slot[:, 0], limit, self.dtype, self.attention_chunk)
+      if self.decode_attention == "chunked":
+        out = chunked_attention(q, kv, query_slot, limit, self.dtype, self.attention_chunk)
       else:
         key_slot = jnp.arange(kv.k.shape[2])
         out = dense_attention(q, kv, key_slot[None, None] <= query_slot[..., None], self.dtype)
