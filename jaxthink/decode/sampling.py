@@ -97,8 +97,9 @@ def _sample_sorted(scaled: jax.Array, ids: jax.Array, log_norm: jax.Array, step_
 
   Keeps the smallest prefix whose mass reaches `top_p`. The draw is the Gumbel-max over the
   candidates' positions, and JAX's Gumbel noise for `k` positions is the first `k` of the noise
-  for more (counter-based threefry), so a prefix of the full sort draws the same token as the full
-  sort with the same key.
+  for more (counter-based threefry: `jax_threefry_partitionable`, the default), so a prefix of the
+  full sort draws the same token as the full sort with the same key (with the flag off, the same
+  distribution).
   """
   if top_p < 1:
     probs = jnp.exp(scaled - log_norm)
