@@ -1,5 +1,6 @@
-"""Quantize once per recipe: reuse the quantized params in memory within a run, and on disk
-(orbax, `save_quantized` layout) across runs of the same model.
+"""Quantize once per recipe: reuse the quantized params in memory within a run, and keep the
+calibrated ones (GPTQ, AWQ, SmoothQuant) on disk (orbax, `save_quantized` layout) across runs of
+the same model. Round to nearest is quicker to redo than to read back, so it is not stored.
 
 A penalised twin or a control shares its recipe with the plain variant, so `evaluate` would
 otherwise re-run GPTQ / AWQ for each of them. An entry is keyed by the sha256 of:
@@ -55,7 +56,7 @@ class QuantCache:
   """Quantized `(Decoder, params)` per recipe of one float model.
 
   Holds the last entry in memory (one quantized model, like a run without the cache) and, when
-  `directory` is given and the run is a single process, every entry on disk.
+  `directory` is given and the run is a single process, every calibrated entry on disk.
   """
 
   def __init__(self, directory: str | Path | None):
@@ -80,7 +81,7 @@ class QuantCache:
     if self._last is not None and self._last[0] == key:
       return self._last[1:]
     self._last = None  # free the previous entry before making the next one
-    entry = self._disk_entry(key)
+    entry = self._disk_entry(key) if spec.needs_calibration else None
     if entry is not None and entry.is_dir():
       try:
         loaded, _, _ = load_quantized(entry, mesh=mesh, tokenizer=False)
