@@ -5,9 +5,9 @@ configs/demo.yaml's calibrated recipes on the embedded model (float32): for each
 (quantize + the orbax save), of a later run's hit (a new `QuantCache` on the same folder: orbax
 restore) and of an in-memory hit (the same run's twin). Each is the best of `--repeats`. Also
 counts the demo's quantizations per run before and after (round-to-nearest recipes are reused in
-memory but not stored, so later runs redo them). Run from the repository root (the demo's calibration
-path is relative to it). The last line is one JSON object; its `quantize_s` / `cache_load_s` /
-`ratio` are the w4a16 GPTQ recipe's.
+memory but not stored, so later runs redo them). Run from the repository root (the demo's
+calibration path is relative to it). The last line is one JSON object; its `quantize_s` /
+`cache_load_s` / `ratio` are the w4a16 GPTQ recipe's.
 
   python benchmarks/quant_cache.py [--repeats 3] [--variants w4a16-gptq,w3a16-gptq]
 """
