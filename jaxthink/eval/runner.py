@@ -29,7 +29,8 @@ from jaxthink.eval.run_dir import RunDir, response_key
 from jaxthink.grading import analyze_response, failure_bucket, grade
 from jaxthink.models import Pretrained, load_pretrained, reasoning_prompt
 from jaxthink.models.tokenizer import token_char_offsets
-from jaxthink.quant import load_quantized, quantize
+from jaxthink.quant import load_quantized
+from jaxthink.quant.cache import QuantCache, default_cache_dir
 
 # Per-token buffers saved for each response (DecodeResult field -> side-file name).
 _BUFFERS = {"tokens": "token_ids", "entropy": "entropy_quant", "log_prob": "logprobs",
@@ -66,6 +67,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Path]:
   done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
   markers = load_markers()  # the list the overthinking analysis counts
   counts = None  # corpus token frequencies, for frequency-matched control sets
+  quant_cache = QuantCache(default_cache_dir(cfg.output_dir))  # twins share their recipe's params
 
   for variant in cfg.variants:
     todo = [it for it in items if it.key(variant.name) not in done]
@@ -74,7 +76,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Path]:
     if variant.penalty.token_set == "random_matched" and counts is None:
       corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
       counts = token_counts(tok, corpus, reference.config.vocab_size)
-    policy, kv_bits = _policy(variant, reference, cfg, mesh)
+    policy, kv_bits = _policy(variant, reference, cfg, mesh, quant_cache)
     penalty = _penalty(variant.penalty, tok, counts)
     ref = (reference.model, reference.params) if cfg.reference and variant.quantized else None
     _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers)
@@ -90,7 +92,7 @@ def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
   return done
 
 
-def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
+def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cache: QuantCache):
   """`((model, params), kv_bits)` of the model a variant generates with."""
   if variant.checkpoint is not None:
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
@@ -103,9 +105,8 @@ def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
         spec.calibration, data_dir=str(cfg.data_directory)))
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
-  model, params, _ = quantize(reference.config, reference.params, spec, tokenizer=tokenizer,
-                              mesh=mesh)
-  return (model, params), spec.kv_bits
+  policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)
+  return policy, spec.kv_bits
 
 
 def _penalty(spec: PenaltySpec, tok, counts: np.ndarray | None) -> MarkerPenalty:
