@@ -109,8 +109,10 @@ class EvalConfig:
   limit: the first `limit` problems of each benchmark (None: all).
   batch_size: decode slots of the request engine (`jaxthink.decode.Engine`): a variant's
     problems x samples go through one queue, a finished response's slot taking the next request.
-  reference: co-decode the full-precision model with every quantized variant and record
-    per-token KL(p_ref ‖ p_quant) and entropies.
+  reference: record per-token KL(p_ref ‖ p_quant) and the full-precision model's entropies for
+    every quantized variant: `score` (or true) by a teacher-forced pass of both models over each
+    batch of finished responses (the faster), `codecode` by running the full-precision model
+    inside every decode step; false: not at all.
   output_dir: the run directory; a re-run with the same config resumes there.
   tpu: the accelerator type the mesh is sized for (e.g. `v4-32`), checked by `jaxthink.sizing`;
     informational at run time.
@@ -125,7 +127,7 @@ class EvalConfig:
   sampling: SamplingSpec = SamplingSpec()
   batch_size: int = 8
   mesh: MeshConfig = MeshConfig()
-  reference: bool = True
+  reference: bool | Literal["score", "codecode"] = True
   output_dir: str = "runs/eval"
   tpu: str | None = None
 

@@ -22,6 +22,7 @@ from jaxthink.decode.engine import Engine, Request
 from jaxthink.decode.generate import DecodeResult
 from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
 from jaxthink.decode.penalty import MarkerPenalty
+from jaxthink.decode.score import score_reference
 from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
 from jaxthink.eval.controls import frequency_matched_tokens, token_counts
@@ -128,21 +129,38 @@ def _row_seed(seed: int, item: WorkItem) -> int:
 
 def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers):
   """Every item of `todo` through one request queue (`cfg.batch_size` decode slots); each
-  response is graded and appended as soon as it finishes."""
+  response is graded and appended as soon as it finishes (with `reference: score`, as soon as a
+  batch of them has been scored)."""
   s = cfg.sampling
-  engine = Engine(policy, slots=padded_batch_size(cfg.batch_size, mesh),
-                  max_new_tokens=s.max_new_tokens,
+  score = ref is not None and cfg.reference != "codecode"
+  slots = padded_batch_size(cfg.batch_size, mesh)
+  engine = Engine(policy, slots=slots, max_new_tokens=s.max_new_tokens,
                   sampling=Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p),
-                  penalty=penalty, reference=ref, mesh=mesh, kv_bits=kv_bits)
+                  penalty=penalty, reference=None if score else ref, mesh=mesh, kv_bits=kv_bits)
   requests = [Request(it.prompt, s.max_new_tokens, _row_seed(s.seed, it)) for it in todo]
   bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
-  generated = 0
+  generated, pending = 0, []
+
+  def write(finished):
+    if score:
+      items = [todo[i] for i, _ in finished]
+      results = score_reference(policy, ref, [it.prompt for it in items],
+                                [r for _, r in finished], kv_bits=kv_bits, mesh=mesh)
+      finished = [(i, r) for (i, _), r in zip(finished, results)]
+    rows, buffers = zip(*(_grade_row(run, variant, todo[i], r, 0, tok, markers)
+                          for i, r in finished))
+    run.append(rows, buffers)
+    bar.update(len(finished))
+
   for i, result in engine.stream(requests):
-    row, buffers = _grade_row(run, variant, todo[i], result, 0, tok, markers)
-    run.append([row], [buffers])
+    pending.append((i, result))
     generated += int(result.lengths[0])
-    bar.update(1)
+    if not score or len(pending) == slots:
+      write(pending)
+      pending = []
     bar.set_postfix(tok_s=f"{generated / max(engine.stats.seconds, 1e-9):.0f}")
+  if pending:
+    write(pending)
   bar.close()
 
 
