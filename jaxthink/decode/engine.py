@@ -224,19 +224,12 @@ def _collect(state: DecodeState, rows: list[int], longest: int) -> DecodeResult:
   >= `longest` (a 32K-token budget does not copy 32K columns for a short answer)."""
   width = min(bucket_length(longest, 1), state.tokens.shape[1])
   padded = rows + rows[:1] * ((1 << (len(rows) - 1).bit_length()) - len(rows))  # few programs
-  tokens, lengths, ended, r = to_numpy(_gather(state, jnp.asarray(padded), width))
-  return DecodeResult(tokens=tokens, lengths=lengths, finished=ended, entropy=r.entropy,
-                      log_prob=r.log_prob, is_marker=r.is_marker, penalty_fired=r.penalty_fired,
-                      kl=r.kl, ref_entropy=r.ref_entropy, ref_log_prob=r.ref_log_prob)
+  return DecodeResult.from_records(*to_numpy(_gather(state, jnp.asarray(padded), width)))
 
 
 def _one(batch: DecodeResult, j: int, bucket: int) -> DecodeResult:
   """Row `j` of `batch` as a batch of one, buffers cut to its length."""
   n = int(batch.lengths[j])
-  cut = lambda x: None if x is None else x[j:j + 1, :n]
-  return DecodeResult(tokens=cut(batch.tokens), lengths=batch.lengths[j:j + 1],
-                      finished=batch.finished[j:j + 1], entropy=cut(batch.entropy),
-                      log_prob=cut(batch.log_prob), is_marker=cut(batch.is_marker),
-                      penalty_fired=cut(batch.penalty_fired), kl=cut(batch.kl),
-                      ref_entropy=cut(batch.ref_entropy), ref_log_prob=cut(batch.ref_log_prob),
-                      prompt_bucket=bucket)
+  cut = lambda x: x if x is None else x[j:j + 1, :n] if x.ndim == 2 else x[j:j + 1]
+  return DecodeResult(**{f.name: cut(getattr(batch, f.name)) for f in dataclasses.fields(batch)
+                         if f.name != "prompt_bucket"}, prompt_bucket=bucket)

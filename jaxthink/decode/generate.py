@@ -14,7 +14,7 @@ from jaxthink.decode.loop import LoopSpec, decode, init_state, insert, prefill
 from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_numpy
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
-from jaxthink.decode.state import DecodeState
+from jaxthink.decode.state import TokenRecords
 from jaxthink.models.decoder import Decoder
 
 
@@ -39,6 +39,16 @@ class DecodeResult:
   ref_log_prob: np.ndarray | None = None  # float32, log p_ref(token)
   prompt_bucket: int = 0  # the padded prompt length the program was compiled for
 
+  @classmethod
+  def from_records(cls, tokens, lengths, finished, records: TokenRecords,
+                   prompt_bucket: int = 0) -> "DecodeResult":
+    """From the decode state's buffers (numpy)."""
+    return cls(tokens=tokens, lengths=lengths, finished=finished, entropy=records.entropy,
+               log_prob=records.log_prob, is_marker=records.is_marker,
+               penalty_fired=records.penalty_fired, kl=records.kl,
+               ref_entropy=records.ref_entropy, ref_log_prob=records.ref_log_prob,
+               prompt_bucket=prompt_bucket)
+
   def sequences(self) -> list[list[int]]:
     """Each row's generated tokens, up to and including its end token."""
     return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
@@ -51,10 +61,11 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 
 def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]] | np.ndarray, *,
-             max_new_tokens: int, budgets: Sequence[int] | None = None, sampling: Sampling = Sampling(),
-             penalty: MarkerPenalty = MarkerPenalty(),
+             max_new_tokens: int, budgets: Sequence[int] | None = None,
+             sampling: Sampling = Sampling(), penalty: MarkerPenalty = MarkerPenalty(),
              reference: tuple[Decoder, Any] | Any | None = None,
-             eos_ids: Sequence[int] | None = None, seed: int | Sequence[int] = 0, mesh: Mesh | None = None,
+             eos_ids: Sequence[int] | None = None, seed: int | Sequence[int] = 0,
+             mesh: Mesh | None = None,
              kv_bits: int | None = None, pad_id: int | None = None,
              prompt_mask: np.ndarray | None = None, cache_dtype: Any = None) -> DecodeResult:
   """Generates continuations of `prompts` with one compiled loop.
@@ -114,34 +125,20 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
                   _seeds(seed, batch, padded, mesh), arrays)
   state = insert(spec, state, first, jnp.arange(padded), jnp.asarray(budgets))
   state, _ = decode(spec, params, ref_params, state, arrays, False, spec.max_new_tokens)
-  return result_rows(state, batch, tokens.shape[1])
+  out = to_numpy(jax.tree.map(lambda x: x[:batch], (state.tokens, state.generated, state.ended,
+                                                    state.records)))
+  return DecodeResult.from_records(*out, prompt_bucket=tokens.shape[1])
 
 
-def right_padded(rows: Sequence[Sequence[int]], pad_id: int,
-                 bucket: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Prompts as `[n, bucket]` int32, each row's tokens first then `pad_id`, and their lengths
-  `[n]` int32; `bucket` defaults to `bucket_length` of the longest."""
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts as `[n, bucket_length(longest)]` int32, each row's tokens first then `pad_id`, and
+  their lengths `[n]` int32."""
   lengths = np.asarray([len(r) for r in rows], np.int32)
-  bucket = bucket or bucket_length(int(lengths.max()))
+  bucket = bucket_length(int(lengths.max()))
   tokens = np.full((len(rows), bucket), pad_id, np.int32)
   for i, row in enumerate(rows):
     tokens[i, :len(row)] = row
   return tokens, lengths
-
-
-def result_rows(state: DecodeState, n: int, prompt_bucket: int, rows: np.ndarray | None = None,
-                columns: int | None = None) -> DecodeResult:
-  """The `DecodeResult` of decode rows `rows` (default: the first `n`), numpy, with buffers cut to
-  `columns` (default: all)."""
-  take = lambda x: x[:n] if rows is None else x[rows]
-  cut = lambda x: None if x is None else to_numpy(take(x)[:, :columns])  # cut on device
-  r = state.records
-  return DecodeResult(tokens=cut(state.tokens), lengths=to_numpy(take(state.generated)),
-                      finished=to_numpy(take(state.ended)), entropy=cut(r.entropy),
-                      log_prob=cut(r.log_prob), is_marker=cut(r.is_marker),
-                      penalty_fired=cut(r.penalty_fired), kl=cut(r.kl),
-                      ref_entropy=cut(r.ref_entropy), ref_log_prob=cut(r.ref_log_prob),
-                      prompt_bucket=prompt_bucket)
 
 
 def _model_and_params(model) -> tuple[Decoder, Any]:
