@@ -16,7 +16,8 @@ programs); each path is timed once.
 Then, per decode step (batch 8, greedy, float32):
   - cost vs allocated length: ms per step after 64 written tokens with max_new_tokens 128 ... 16384,
     chunked attention (the default) vs dense (every allocated slot, the previous behaviour);
-  - kv8 / kv4 cache vs float cache with 4096 written tokens (the integers are read directly).
+  - kv8 / kv4 cache vs float cache with 4096 written tokens (the integers are read directly);
+and the cost of KL to a reference: co-decoding vs a score pass after decoding (one slot-full).
 
 The last line is one JSON object with every figure.
 
@@ -41,6 +42,7 @@ import numpy as np
 from decode_throughput import MODELS, hf_generate, make_models
 from jaxthink.decode import Engine, MarkerPenalty, Request, Sampling, generate
 from jaxthink.decode.loop import LoopSpec, decode, init_state, insert, prefill
+from jaxthink.decode.score import score_reference
 
 STEP_ALLOCATIONS = (128, 1024, 4096, 16384)
 
@@ -156,6 +158,31 @@ def step_ms(model, params, max_new: int, written: int, *, batch: int = 8, steps:
   return 1e3 * best / steps
 
 
+def reference_cost(ours, requests: list[Request], slots: int, cap: int) -> dict:
+  """KL to a reference by co-decoding (in every step) vs a score pass over finished sequences:
+  seconds for the same requests, each after a warm-up run."""
+  policy = (ours.model, ours.params)
+  reference = (ours.model, jax.tree.map(lambda x: x * 1.001, ours.params))  # a second tree
+  kw = dict(slots=slots, max_new_tokens=cap, eos_ids=())
+  plain, codecoding = Engine(policy, **kw), Engine(policy, reference=reference, **kw)
+  prompts = [r.prompt for r in requests]
+  runs = {"plain": lambda: plain.run(requests), "codecode": lambda: codecoding.run(requests),
+          "score": lambda: score_reference(policy, reference, prompts, plain.run(requests))}
+  seconds = {}
+  for name, fn in runs.items():
+    fn()
+    t = time.perf_counter()
+    fn()
+    seconds[name] = time.perf_counter() - t
+  print(f"\nKL to a reference, {len(requests)} requests ({sum(r.max_new_tokens for r in requests)}"
+        f" tokens): decode alone {seconds['plain']:.1f} s, co-decoding {seconds['codecode']:.1f} s, "
+        f"decode + score pass {seconds['score']:.1f} s; co-decoding costs "
+        f"{seconds['codecode'] / seconds['score']:.2f}x the score pass")
+  return dict(codecode_vs_score=seconds["codecode"] / seconds["score"],
+              codecode_vs_plain=seconds["codecode"] / seconds["plain"],
+              score_vs_plain=seconds["score"] / seconds["plain"])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--requests", type=int, default=256)
@@ -248,6 +275,8 @@ def main():
   for bits, ms in kv.items():
     print(f"{'float' if bits is None else f'kv{bits}':>6} {ms:>7.2f} ms  ({ms / kv[None]:.2f}x)")
   figures.update(kv8_vs_float_step=kv[8] / kv[None], kv4_vs_float_step=kv[4] / kv[None])
+
+  figures.update(reference_cost(ours, requests[:args.slots], args.slots, args.cap))
   figures["load_average"] = os.getloadavg()[0]
   print(json.dumps(figures))
 
