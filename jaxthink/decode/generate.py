@@ -33,6 +33,7 @@ class DecodeResult:
   log_prob: np.ndarray  # float32, log p_quant(token)
   is_marker: np.ndarray  # bool, token is a marker token
   penalty_fired: np.ndarray  # bool, the penalty was applied at this step
+  marker_in_top: np.ndarray  # bool, a marker is among the 20 most likely tokens (raw logits)
   kl: np.ndarray | None = None  # float32, KL(p_ref ‖ p_quant) in nats
   ref_entropy: np.ndarray | None = None  # float32, entropy of p_ref
   ref_log_prob: np.ndarray | None = None  # float32, log p_ref(token)
@@ -115,6 +116,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   return DecodeResult(tokens=out(state.tokens), lengths=out(state.lengths),
                       finished=out(state.done), entropy=out(r.entropy), log_prob=out(r.log_prob),
                       is_marker=out(r.is_marker), penalty_fired=out(r.penalty_fired),
+                      marker_in_top=out(r.marker_in_top),
                       kl=out(r.kl), ref_entropy=out(r.ref_entropy),
                       ref_log_prob=out(r.ref_log_prob), prompt_bucket=prompt_len)
 

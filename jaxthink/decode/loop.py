@@ -25,6 +25,9 @@ from jaxthink.decode.stats import entropy, kl_divergence, log_probs, token_log_p
 from jaxthink.models.decoder import Decoder, positions_from_mask
 from jaxthink.models.kv_cache import extend_kv_cache, init_kv_cache
 
+# `marker_in_top` looks at this many most likely tokens (the study's top-20 candidates).
+TOP_CANDIDATES = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopSpec:
@@ -76,6 +79,8 @@ def _emit(spec: LoopSpec, state: DecodeState, logits: jax.Array, ref_logits: jax
   # KL / entropy / log-probs come from the raw logits above; the penalty only steers the choice.
   penalised, fired = apply_penalty(logits, ent, penalty, spec.penalty_mode)
   chosen = choose_tokens(penalised, state.keys, state.step, spec.sampling)
+  top = jax.lax.top_k(logits, min(TOP_CANDIDATES, logits.shape[-1]))[1]  # raw, unpenalised
+  marker_in_top = jnp.any(penalty.marker_mask[top], axis=-1)
   active = ~state.done
   col = state.step
   keep = lambda x: jnp.where(active, x, jnp.zeros_like(x))
@@ -84,7 +89,8 @@ def _emit(spec: LoopSpec, state: DecodeState, logits: jax.Array, ref_logits: jax
       entropy=_put_column(r.entropy, col, keep(ent)),
       log_prob=_put_column(r.log_prob, col, keep(token_log_prob(logp, chosen))),
       is_marker=_put_column(r.is_marker, col, keep(penalty.marker_mask[chosen])),
-      penalty_fired=_put_column(r.penalty_fired, col, keep(fired)))
+      penalty_fired=_put_column(r.penalty_fired, col, keep(fired)),
+      marker_in_top=_put_column(r.marker_in_top, col, keep(marker_in_top)))
   if ref_logits is not None:
     ref_logp = log_probs(ref_logits)
     records = records.replace(
@@ -130,7 +136,8 @@ def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, mas
       spec.reference, ref_params, None)
   buffer = lambda dtype: jnp.zeros((batch, spec.max_new_tokens), dtype)
   records = TokenRecords(entropy=buffer(jnp.float32), log_prob=buffer(jnp.float32),
-                         is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_))
+                         is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_),
+                         marker_in_top=buffer(jnp.bool_))
   if spec.reference is not None:
     records = records.replace(kl=buffer(jnp.float32), ref_entropy=buffer(jnp.float32),
                               ref_log_prob=buffer(jnp.float32))

@@ -50,6 +50,25 @@ def row_keys(seed: int | jax.Array, rows: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(rows))
 
 
+def sampling_logits(logits: jax.Array,
+                    sampling: Sampling) -> tuple[jax.Array, jax.Array | None]:
+  """The logits a sampled step draws from: `logits` `[batch, vocab]` / T, restricted by top-k /
+  top-p (-inf outside), and the candidate ids `[batch, k]` they are over (None: the whole
+  vocabulary, in id order). Their softmax is the sampling distribution."""
+  scaled = logits.astype(jnp.float32) / sampling.temperature
+  vocab = scaled.shape[-1]
+  k = min(sampling.top_k, vocab) if sampling.top_k else (vocab if sampling.top_p < 1 else 0)
+  candidates = None
+  if k:  # candidates sorted by decreasing probability
+    scaled, candidates = jax.lax.top_k(scaled, k)
+  if sampling.top_p < 1:
+    probs = jax.nn.softmax(scaled, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The most likely token is always kept (its mass_before is 0 < top_p).
+    scaled = jnp.where(mass_before < sampling.top_p, scaled, -jnp.inf)
+  return scaled, candidates
+
+
 def choose_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
                   sampling: Sampling) -> jax.Array:
   """Next tokens `[batch]` int32 from `logits` `[batch, vocab]` (-inf marks banned tokens).
@@ -60,18 +79,9 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array,
   """
   if sampling.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  scaled = logits.astype(jnp.float32) / sampling.temperature
-  vocab = scaled.shape[-1]
-  k = min(sampling.top_k, vocab) if sampling.top_k else (vocab if sampling.top_p < 1 else 0)
-  if k:  # candidates sorted by decreasing probability
-    scaled, candidates = jax.lax.top_k(scaled, k)
-  if sampling.top_p < 1:
-    probs = jax.nn.softmax(scaled, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    # The most likely token is always kept (its mass_before is 0 < top_p).
-    scaled = jnp.where(mass_before < sampling.top_p, scaled, -jnp.inf)
+  scaled, candidates = sampling_logits(logits, sampling)
   step_keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(keys)
   picked = jax.vmap(jax.random.categorical)(step_keys, scaled)
-  if k:
+  if candidates is not None:
     picked = jnp.take_along_axis(candidates, picked[:, None], axis=-1)[:, 0]
   return picked.astype(jnp.int32)
