@@ -131,15 +131,16 @@ def test_control_sets_of_a_demo_run(demo_run):
   assert (counts[ids["high_kl"] + ids["low_kl"] + ids["random_neither"]] >= 10).all()
   assert mean_kl[ids["high_kl"]].min() > mean_kl[ids["low_kl"]].max()
   assert not set(ids["random_neither"]) & set(ids["high_kl"] + ids["low_kl"])
-  # Frequency-matched: as many tokens as markers, from the generated text's counts.
-  assert len(ids["random_matched"]) == len(markers)
-  # Every penalised run records its set, and the penalty used exactly that set.
+  # Frequency-matched on the generated text: as many tokens as markers, with similar counts.
+  matched, marker_counts = counts[ids["random_matched"]], counts[sorted(markers)]
+  print(f"marker counts {sorted(marker_counts.tolist())}, matched {sorted(matched.tolist())}")
+  assert len(matched) == len(markers)
+  assert abs(int(matched.sum()) - int(marker_counts.sum())) <= 0.5 * marker_counts.sum() + 10
   for name, chosen in ids.items():
-    fired = [np.load(demo_run / r["token_file"]) for r in rows
-             if r["variant"] == f"w3a16-rtn+{name}"]
-    sampled = np.concatenate([f["token_ids"] for f in fired])
-    print(f"{name}: penalised tokens sampled {np.isin(sampled, chosen).mean():.4f} of the time "
-          f"vs {np.isin(tokens, chosen).mean():.4f} without penalty")
+    penalised = np.concatenate([np.load(demo_run / r["token_file"])["token_ids"] for r in rows
+                                if r["variant"] == f"w3a16-rtn+{name}"])
+    print(f"{name}: its tokens are {np.isin(penalised, chosen).mean():.4f} of the penalised run's "
+          f"tokens vs {np.isin(tokens, chosen).mean():.4f} of the source run's")
 
 
 def test_demo_report_shows_markers_controls_and_boost(demo_run):

@@ -108,13 +108,17 @@ def plot_kl_ranking(rankings: Mapping[str, KLRanking], marker_ids: Sequence[int]
     rank = np.arange(1, len(ids) + 1)
     is_marker = np.isin(ids, markers)
     ax.bar(rank[~is_marker], mean_kl[~is_marker], width=1.0, color="tab:gray")
-    ax.bar(rank[is_marker], mean_kl[is_marker], width=1.0, color="tab:red", label="marker")
+    if is_marker.any():
+      ax.bar(rank[is_marker], mean_kl[is_marker], width=1.0, color="tab:red", label="marker")
+      ax.legend()
+    else:
+      ax.text(0.5, 0.9, f"no marker sampled ≥ {ranking.min_count}×", transform=ax.transAxes,
+              ha="center", color="tab:red")
     for r in rank[is_marker]:
       ax.annotate(token_text(int(ids[r - 1])), (r, mean_kl[r - 1]), fontsize=7, rotation=60,
                   color="tab:red")
     ax.set(title=name, xlabel=f"token rank (sampled ≥ {ranking.min_count}×)",
            ylabel="mean KL (nats)")
-    ax.legend()
   fig.savefig(path, dpi=100)
 
 

@@ -48,10 +48,13 @@ def resolve_control_sources(variants: Sequence, reference: bool) -> tuple:
   out = []
   for v in variants:
     spec = v.penalty
+    where = f"variants.{v.name}.penalty"
     if spec.token_set not in CONTROL_SETS:
+      if spec.source is not None:
+        raise ConfigError(f"{where}.source applies to control sets; token_set is "
+                          f"{spec.token_set!r}.")
       out.append(v)
       continue
-    where = f"variants.{v.name}.penalty"
     if spec.min_count < 1 or (spec.set_size is not None and spec.set_size < 1):
       raise ConfigError(f"{where}: min_count and set_size must be >= 1.")
     if spec.source is None:
