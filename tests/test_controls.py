@@ -43,7 +43,10 @@ def test_strength_grid_expands_into_named_twins():
     ([{"name": "full"}, {"name": "c", "penalty": {"mode": "constant", "token_set": "low_kl"}}],
      "must be quantized"),
     ([{"name": "w3", "quant": W3}, {"name": "c", "quant": W3, "penalty": {
-        "mode": "constant", "token_set": "random_matched", "source": "x"}}], "'x' must be a variant"),
+        "mode": "constant", "token_set": "random_matched", "source": "x"}}],
+     "'x' must be a variant"),
+    ([{"name": "w3", "quant": W3}, {"name": "c", "quant": W3, "penalty": {
+        "mode": "constant", "source": "w3"}}], "source applies to control sets"),
 ])
 def test_bad_grids_and_control_sources_are_named(variants, message):
   with pytest.raises(ConfigError, match=message):

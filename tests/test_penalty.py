@@ -86,6 +86,19 @@ def test_penalised_set_is_the_single_token_marker_spellings(name):
     assert by_marker["Backtrack"] == () and "Ġbacktrack" not in vocab
 
 
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  return train_tokenizer(marker_texts(), 500, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer, tmp_path_factory):
+  path = tmp_path_factory.mktemp("model")
+  make_hf_model(path, "qwen2", vocab_size=len(tokenizer), seed=5)
+  m = jaxthink.load_pretrained(path, dtype=jnp.float32, tokenizer=False)
+  return m.model, m.params
+
+
 def run(model, penalty, steps=64):
   prompts = [[5 + i, 40 + 3 * i, 7] for i in range(8)]
   return generate(model, prompts, max_new_tokens=steps, eos_ids=(), seed=7,

@@ -67,7 +67,8 @@ class TokenBuffers:
   @classmethod
   def from_sequences(cls, sequences: Sequence[Mapping[str, np.ndarray]]) -> "TokenBuffers":
     """Pad per-response 1-D buffers (dicts with the fields of ``BUFFER_FIELDS``, optionally
-    ``token_ids`` and ``marker_in_top``; ``kl``/``entropy_ref`` may be absent) into ``[n_responses, max_len]``."""
+    ``token_ids`` and ``marker_in_top``; ``kl``/``entropy_ref`` may be absent) into
+    ``[n_responses, max_len]``."""
     if not sequences:
       raise ValueError("no sequences to stack")
     lengths = [len(s["entropy_quant"]) for s in sequences]

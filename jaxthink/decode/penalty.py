@@ -60,8 +60,9 @@ def marker_token_ids(tokenizer, markers: Sequence[str] | None = None) -> dict[st
   markers = load_markers() if markers is None else tuple(markers)
   out = {}
   for marker in markers:
-    ids = [] if len(marker.split()) > 1 else [_encode(tokenizer, t) for t in marker_variants(marker)]
-    out[marker] = tuple(sorted({i[0] for i in ids if len(i) == 1}))
+    phrase = len(marker.split()) > 1
+    encoded = [] if phrase else [_encode(tokenizer, t) for t in marker_variants(marker)]
+    out[marker] = tuple(sorted({ids[0] for ids in encoded if len(ids) == 1}))
   return out
 
 
