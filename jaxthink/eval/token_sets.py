@@ -54,7 +54,8 @@ def variant_penalty(run: RunDir, variant, tokenizer, vocab_size: int,
                                          spec.entropy_threshold, spec.markers)
   file = token_set_file(run, variant.name)
   if spec.token_set == "markers":
-    return _record(run, file, variant, markers, tokenizer, vocab_size)
+    return _record(run, file, variant, markers, tokenizer)
+  buffers = None  # the source run's, when the set is chosen now
   if file.exists():
     ids = tuple(t["id"] for t in json.loads(file.read_text())["penalised"])
   elif run.writer:
@@ -71,7 +72,7 @@ def variant_penalty(run: RunDir, variant, tokenizer, vocab_size: int,
   ids = _shared(ids, vocab_size)
   penalty = MarkerPenalty(spec.mode, markers.strength, markers.entropy_threshold, ids,
                           marker_ids=markers.token_ids)
-  return _record(run, file, variant, penalty, tokenizer, vocab_size)
+  return _record(run, file, variant, penalty, tokenizer, buffers)
 
 
 def _shared(ids: tuple[int, ...], vocab_size: int) -> tuple[int, ...]:
@@ -84,20 +85,20 @@ def _shared(ids: tuple[int, ...], vocab_size: int) -> tuple[int, ...]:
 
 
 def _record(run: RunDir, file: Path, variant, penalty: MarkerPenalty, tokenizer,
-            vocab_size: int) -> MarkerPenalty:
-  """Writes `file` (process 0, once) and returns `penalty`."""
+            source: TokenBuffers | None = None) -> MarkerPenalty:
+  """Writes `file` (process 0, once) and returns `penalty`; `source`: the buffers a control set
+  was chosen from."""
   if not run.writer or file.exists():
     return penalty
   spec = variant.penalty
   penalised = {int(i): {"id": int(i), "text": token_text(tokenizer, i)}
                for i in (penalty.token_ids if spec.mode != "off" else ())}
-  if spec.token_set != "markers":  # how the control tokens fared in the source run
-    buffers = variant_buffers(run, spec.source)
-    counts = generated_token_counts(buffers, vocab_size)
+  if source is not None:  # how the control tokens fared in the source run
+    counts = generated_token_counts(source, max(penalised, default=0) + 1)
     for i, entry in penalised.items():
       entry["count"] = int(counts[i])
-    if buffers.kl is not None:
-      ranking = kl_ranking(buffers, min_count=1)
+    if source.kl is not None:
+      ranking = kl_ranking(source, min_count=1)
       for i, mean in zip(ranking.ids.tolist(), ranking.mean_kl.tolist()):
         if i in penalised:
           penalised[i]["mean_kl"] = mean
