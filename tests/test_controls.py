@@ -160,3 +160,26 @@ def test_demo_report_shows_markers_controls_and_boost(demo_run):
   for plot in ("kl_rank_markers.png", "markers_top20.png"):
     assert (demo_run / plot).stat().st_size > 1000
   assert "' Wait'" in report and "' on'" not in report  # the penalised markers are listed
+
+
+def test_a_resumed_run_penalises_the_recorded_set(demo_run):
+  """The control set is read back from token_sets/<variant>.json: with the high_kl record replaced
+  by the low_kl set and the high_kl responses dropped, the resumed run draws exactly the low_kl
+  run's tokens (same λ, seeds and set). Runs last: it edits the fixture's run."""
+  def responses(name):
+    rows = [json.loads(line) for line in (demo_run / "results.jsonl").read_text().splitlines()]
+    return {r["problem_id"]: r["response"] for r in rows if r["variant"] == name}
+
+  assert responses("w3a16-rtn+high_kl") != responses("w3a16-rtn+low_kl")
+  sets = demo_run / "token_sets"
+  record = json.loads((sets / "w3a16-rtn+high_kl.json").read_text())
+  record["penalised"] = json.loads((sets / "w3a16-rtn+low_kl.json").read_text())["penalised"]
+  (sets / "w3a16-rtn+high_kl.json").write_text(json.dumps(record))
+  lines = (demo_run / "results.jsonl").read_text().splitlines(keepends=True)
+  (demo_run / "results.jsonl").write_text(
+      "".join(line for line in lines if json.loads(line)["variant"] != "w3a16-rtn+high_kl"))
+  proc = subprocess.run([sys.executable, "-m", "jaxthink.eval", "--config",
+                         str(demo_run.parent / "controls.yaml")], cwd=REPO, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert responses("w3a16-rtn+high_kl") == responses("w3a16-rtn+low_kl")
