@@ -133,5 +133,5 @@ def plot_top_candidate_rates(rates: Mapping[str, tuple[float, float]], path: Pat
   ax.set(xticks=x, ylabel="positions with a marker in the top 20 (%)",
          title="Markers among the top-20 candidates")
   ax.set_xticklabels(names, rotation=20, ha="right")
-  ax.legend()
+  ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
   fig.savefig(path, dpi=100)
