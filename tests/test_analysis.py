@@ -134,6 +134,7 @@ def test_from_decode_result_masks_past_each_length():
     log_prob=np.zeros((2, 3), np.float32),
     is_marker=np.zeros((2, 3), bool),
     penalty_fired=np.zeros((2, 3), bool),
+    marker_in_top=np.zeros((2, 3), bool),
     kl=kl,
     ref_entropy=kl + 1,
   )

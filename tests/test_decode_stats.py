@@ -2,12 +2,15 @@
 full-sequence logits of both models (HF PyTorch) over the final sequences; the penalty steers the
 choice but not the measurement."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxthink
 from jaxthink.decode import MarkerPenalty, generate
-from hf_reference import make_hf_model, reference_logits
+from jaxthink.models.decoder import positions_from_mask
+from jaxthink.models.kv_cache import init_kv_cache
+from hf_reference import left_padded_batch, make_hf_model, reference_logits
 
 NEW = 24
 LAMBDA = 0.02  # below the logit spread of these random models: it changes some choices, not all
@@ -66,3 +69,45 @@ def test_records_match_numpy_over_final_sequences(tmp_path):
   assert changed > 0 and out.is_marker.any()
   np.testing.assert_array_equal(out.is_marker, is_marker[out.tokens])
   assert out.penalty_fired.all()
+
+
+def test_bf16_model_records_kl_of_unrounded_float32_logits(tmp_path):
+  """A bf16 model's logits leave the final projection in float32: the recorded KL equals the KL of
+  the exact product (float64 numpy) of the final hidden state and the output weights, not of
+  logits rounded to bf16 (which move it by ~1e-5 here)."""
+  for tied in (True, False):
+    models = []
+    for name, seed in (("q", 0), ("r", 1)):
+      make_hf_model(tmp_path / f"{name}{tied}", "qwen2", seed=seed, tie_word_embeddings=tied)
+      models.append(jaxthink.load_pretrained(tmp_path / f"{name}{tied}", dtype=jnp.bfloat16,
+                                             tokenizer=False))
+    quant, ref = models
+    tokens, mask = left_padded_batch([16] * 8, 128, 16, seed=3)
+    out = generate(quant, tokens.tolist(), max_new_tokens=1, reference=ref, eos_ids=())
+
+    def exact_logits(m):
+      """The prompt's last hidden state (bf16, computed as prefill does: a prompt-sized cache,
+      last position only) times the output weights, in float64."""
+      cache = init_kv_cache(m.config, len(tokens), tokens.shape[1], jnp.bfloat16)
+      run = jax.jit(lambda params: m.model.apply(
+          {"params": params}, jnp.asarray(tokens), positions_from_mask(jnp.asarray(mask)),
+          jnp.asarray(mask), cache, last_only=True,
+          capture_intermediates=lambda module, _: module.name == "norm"))
+      (logits, _), state = run(m.params)
+      hidden = np.asarray(state["intermediates"]["norm"]["__call__"][0][:, -1].astype(jnp.float32),
+                          np.float64)
+      weights = m.params["embed_tokens"]["embedding"] if tied else m.params["lm_head"]["kernel"].T
+      exact = hidden @ np.asarray(weights.astype(jnp.float32), np.float64).T
+      np.testing.assert_allclose(logits[:, -1], exact, atol=1e-5, rtol=0)
+      return exact
+
+    kl = lambda zp, zq: (np.exp(log_softmax(zp)) * (log_softmax(zp) - log_softmax(zq))).sum(-1)
+    zq, zp = exact_logits(quant), exact_logits(ref)
+    want = kl(zp, zq)
+    bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+    rounded_kl = kl(bf16(zp), bf16(zq))
+    err = np.abs(out.kl[:, 0] - want).max()
+    print(f"tied={tied}: |recorded - float32-logit KL| = {err:.1e}; bf16-rounded logits would be "
+          f"{np.abs(rounded_kl - want).max():.1e} off (KL {want.mean():.4f})")
+    np.testing.assert_allclose(out.kl[:, 0], want, atol=1e-6, rtol=0)
+    assert np.abs(rounded_kl - want).max() > 1e-6  # the test can tell the two apart

@@ -310,13 +310,15 @@ def write_report(
   baseline: str | Mapping[str, str] | None = None,
   token_points: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
   title: str = "jaxthink evaluation",
+  sections: Sequence[str] = (),
 ) -> dict[str, Path]:
   """Write ``report.md`` and the PNG plots into ``out_dir``; returns {name: path} of the files.
 
   baseline: the variant relative changes are measured against (default: the first one), or
       {variant: its baseline} (variants left out compare to the first one; e.g. a penalised
       variant against the same model without the penalty). token_points: {variant: (entropy, KL)} for the hexbin
-      (see ``hexbin_points``); without any, the hexbin is left out.
+      (see ``hexbin_points``); without any, the hexbin is left out. sections: further markdown
+      lines, placed before the plots.
   """
   if not summaries:
     raise ValueError("no variant summaries to report")
@@ -354,7 +356,7 @@ def write_report(
   ]
   if (tokens := token_table(summaries)) is not None:
     parts += ["## Token-level statistics", "", tokens, ""]
-  parts += ["## Plots", ""]
+  parts += [*sections, "## Plots", ""]
   if "kl_entropy" in written:
     parts.append(f"![KL vs entropy]({PLOT_FILES['kl_entropy']})")
   else:

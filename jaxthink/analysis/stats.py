@@ -24,7 +24,8 @@ BUFFER_FIELDS = ("kl", "entropy_quant", "entropy_ref", "logprobs", "is_marker", 
 @dataclasses.dataclass(frozen=True)
 class TokenBuffers:
   """Per-token buffers ``[batch, seq]``; ``kl`` and ``entropy_ref`` are None without a reference
-  model. ``token_ids`` (optional) are the sampled tokens."""
+  model. ``token_ids`` (optional) are the sampled tokens; ``marker_in_top`` (optional): a marker
+  was among the 20 most likely next tokens."""
 
   valid: np.ndarray
   entropy_quant: np.ndarray
@@ -34,6 +35,7 @@ class TokenBuffers:
   kl: np.ndarray | None = None
   entropy_ref: np.ndarray | None = None
   token_ids: np.ndarray | None = None
+  marker_in_top: np.ndarray | None = None
 
   def __post_init__(self):
     shape = np.shape(self.valid)
@@ -59,12 +61,14 @@ class TokenBuffers:
       kl=None if result.kl is None else np.asarray(result.kl),
       entropy_ref=None if result.ref_entropy is None else np.asarray(result.ref_entropy),
       token_ids=np.asarray(result.tokens),
+      marker_in_top=np.asarray(result.marker_in_top),
     )
 
   @classmethod
   def from_sequences(cls, sequences: Sequence[Mapping[str, np.ndarray]]) -> "TokenBuffers":
     """Pad per-response 1-D buffers (dicts with the fields of ``BUFFER_FIELDS``, optionally
-    ``token_ids``; ``kl``/``entropy_ref`` may be absent) into ``[n_responses, max_len]``."""
+    ``token_ids`` and ``marker_in_top``; ``kl``/``entropy_ref`` may be absent) into
+    ``[n_responses, max_len]``."""
     if not sequences:
       raise ValueError("no sequences to stack")
     lengths = [len(s["entropy_quant"]) for s in sequences]
@@ -92,6 +96,7 @@ class TokenBuffers:
       kl=stack("kl", np.float32, np.nan),
       entropy_ref=stack("entropy_ref", np.float32, np.nan),
       token_ids=stack("token_ids", np.int64, -1),
+      marker_in_top=stack("marker_in_top", bool, False),
     )
 
 

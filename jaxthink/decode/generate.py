@@ -34,6 +34,7 @@ class DecodeResult:
   log_prob: np.ndarray  # float32, log p_quant(token)
   is_marker: np.ndarray  # bool, token is a marker token
   penalty_fired: np.ndarray  # bool, the penalty was applied at this step
+  marker_in_top: np.ndarray  # bool, a marker is among the 20 most likely tokens (raw logits)
   kl: np.ndarray | None = None  # float32, KL(p_ref ‖ p_quant) in nats
   ref_entropy: np.ndarray | None = None  # float32, entropy of p_ref
   ref_log_prob: np.ndarray | None = None  # float32, log p_ref(token)
@@ -45,7 +46,8 @@ class DecodeResult:
     """From the decode state's buffers (numpy)."""
     return cls(tokens=tokens, lengths=lengths, finished=finished, entropy=records.entropy,
                log_prob=records.log_prob, is_marker=records.is_marker,
-               penalty_fired=records.penalty_fired, kl=records.kl,
+               penalty_fired=records.penalty_fired, marker_in_top=records.marker_in_top,
+               kl=records.kl,
                ref_entropy=records.ref_entropy, ref_log_prob=records.ref_log_prob,
                prompt_bucket=prompt_bucket)
 

@@ -28,6 +28,9 @@ from jaxthink.decode.stats import entropy, kl_divergence, log_probs, token_log_p
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.kv_cache import KVCache, init_kv_cache, insert_rows
 
+# `marker_in_top` looks at this many most likely tokens (the study's top-20 candidates).
+TOP_CANDIDATES = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopSpec:
@@ -79,9 +82,10 @@ def _measure(spec: LoopSpec, logits: jax.Array, ref_logits: jax.Array | None,
   # KL / entropy / log-probs come from the raw logits above; the penalty only steers the choice.
   penalised, fired = apply_penalty(logits, ent, penalty, spec.penalty_mode)
   chosen = choose_tokens(penalised, keys, generated, spec.sampling)
+  top = jax.lax.top_k(logits, min(TOP_CANDIDATES, logits.shape[-1]))[1]  # raw, unpenalised
   values = TokenRecords(entropy=ent, log_prob=token_log_prob(logp, chosen),
-                        is_marker=penalty.marker_mask[chosen],
-                        penalty_fired=fired)
+                        is_marker=penalty.marker_mask[chosen], penalty_fired=fired,
+                        marker_in_top=jnp.any(penalty.marker_mask[top], axis=-1))
   if ref_logits is not None:
     ref_logp = log_probs(ref_logits)
     values = values.replace(kl=kl_divergence(ref_logp, logp), ref_entropy=entropy(ref_logp),
@@ -114,7 +118,8 @@ def init_state(spec: LoopSpec, batch: int, max_len: int) -> DecodeState:
   """`batch` empty (done) decode slots with caches of `max_len` slots per row."""
   buffer = lambda dtype: jnp.zeros((batch, spec.max_new_tokens), dtype)
   records = TokenRecords(entropy=buffer(jnp.float32), log_prob=buffer(jnp.float32),
-                         is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_))
+                         is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_),
+                         marker_in_top=buffer(jnp.bool_))
   if spec.reference is not None:
     records = records.replace(kl=buffer(jnp.float32), ref_entropy=buffer(jnp.float32),
                               ref_log_prob=buffer(jnp.float32))

@@ -1,18 +1,21 @@
-"""The marker penalty: z'(v) = z(v) - λ for the token ids that start an overthinking marker.
+"""The marker penalty: z'(v) = z(v) - λ for v in a set S of single vocabulary tokens.
 
-Markers are words or phrases (jaxthink/data/markers.txt). Each becomes the set of token ids that
-can start it in generated text, using the model's own tokenizer: with and without a leading space,
-with the first letter capitalised or not, and only the first token of markers the tokenizer
-splits (so "Let me verify" penalises " Let"; that is the price of acting at the first token).
-A bare-space first token is skipped (see `first_marker_token`).
+As in the overthinking study, a marker is one vocabulary token. Each marker of
+jaxthink/data/markers.txt contributes its spellings that the model's own tokenizer writes as a
+single token: with and without a leading space, with the first letter capitalised or not ("Wait",
+" Wait", "wait", " wait"). A spelling the tokenizer splits is dropped, and so is every multi-word
+phrase ("Hold on", "Let me verify"): penalising a phrase's first token alone would penalise
+ordinary words (" on", " let", " hold") at every step, a confound the study does not have. The
+analysis still counts phrases in the text (jaxthink.data.markers).
 
 Modes:
   off            no penalty (markers are still recorded as `is_marker`).
   constant       subtract λ from the marker logits at every step (the overthinking study).
   entropy_gated  subtract λ only at steps where the quantized model's next-token entropy (raw
                  logits, temperature 1, in nats) exceeds τ.
-λ = inf bans the markers. λ is applied to the raw logits, before temperature, top-k and top-p
-(the study does not say which; this is the choice jaxthink makes).
+λ = inf bans the markers; λ < 0 boosts them (the study's direction check). λ is applied to the raw
+logits, before temperature, top-k and top-p (the study does not say which; this is the choice
+jaxthink makes).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ MODES = ("off", "constant", "entropy_gated")
 
 
 def marker_variants(marker: str) -> tuple[str, ...]:
-  """The texts that start `marker` in running text: capitalised or not, with or without a space."""
+  """The spellings of `marker` in running text: capitalised or not, with or without a space."""
   marker = " ".join(marker.split())
   if not marker:
     raise ValueError("a marker must hold at least one non-space character.")
@@ -46,22 +49,9 @@ def _encode(tokenizer, text: str) -> list[int]:
   return list(out.ids if hasattr(out, "ids") else out)
 
 
-def first_marker_token(tokenizer, text: str) -> int:
-  """The first token of `text` that carries a visible character.
-
-  A vocabulary without " wait" encodes it as " " + "wait"; the marker starts at "wait", and
-  penalising the bare space token would penalise every word.
-  """
-  ids = _encode(tokenizer, text)
-  for i in ids:
-    if tokenizer.decode([i]).strip():
-      return int(i)
-  raise ValueError(f"the tokenizer encodes marker variant {text!r} to no visible token; "
-                   "remove the marker or use the model's own tokenizer.")
-
-
 def marker_token_ids(tokenizer, markers: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
-  """`{marker: sorted token ids that start one of its variants}`.
+  """`{marker: sorted ids of its single-token spellings}`; `()` for a phrase or a word the
+  vocabulary splits in every spelling (not penalised).
 
   Args:
     tokenizer: the model's tokenizer (HF `PreTrainedTokenizerBase` or `tokenizers.Tokenizer`).
@@ -70,7 +60,9 @@ def marker_token_ids(tokenizer, markers: Sequence[str] | None = None) -> dict[st
   markers = load_markers() if markers is None else tuple(markers)
   out = {}
   for marker in markers:
-    out[marker] = tuple(sorted({first_marker_token(tokenizer, t) for t in marker_variants(marker)}))
+    phrase = len(marker.split()) > 1
+    encoded = [] if phrase else [_encode(tokenizer, t) for t in marker_variants(marker)]
+    out[marker] = tuple(sorted({ids[0] for ids in encoded if len(ids) == 1}))
   return out
 
 
@@ -82,7 +74,7 @@ class MarkerPenalty:
     mode: "off", "constant" or "entropy_gated".
     strength: λ, subtracted from marker logits (float("inf") bans them; negative boosts them).
     entropy_threshold: τ in nats, for "entropy_gated".
-    token_ids: the penalised token ids (`marker_token_ids`, or any curated list).
+    token_ids: the penalised token ids (`marker_token_ids`, a control set, or any curated list).
     marker_ids: the ids recorded as `is_marker`, when they differ from `token_ids` (a control run
       penalising other tokens still counts the real markers); None: `token_ids`.
   """
@@ -108,11 +100,15 @@ class MarkerPenalty:
   def from_tokenizer(cls, tokenizer, mode: str = "off", strength: float = 0.0,
                      entropy_threshold: float = 0.0,
                      markers: Sequence[str] | str | Path | None = None) -> "MarkerPenalty":
-    """The penalty on every token that starts a marker (`markers`: a list, a marker file, or
+    """The penalty on the single-token marker spellings (`markers`: a list, a marker file, or
     None for jaxthink/data/markers.txt)."""
     if isinstance(markers, (str, Path)):
       markers = load_markers(markers)
-    ids = sorted({i for ids in marker_token_ids(tokenizer, markers).values() for i in ids})
+    by_marker = marker_token_ids(tokenizer, markers)
+    ids = sorted({i for ids in by_marker.values() for i in ids})
+    if not ids and mode != "off":
+      raise ValueError(f"none of the markers {list(by_marker)} is a single token of this "
+                       "tokenizer (phrases are never penalised); add single-word markers.")
     return cls(mode, float(strength), float(entropy_threshold), tuple(ids))
 
   def arrays(self, vocab_size: int) -> "PenaltyArrays":

@@ -22,6 +22,7 @@ class TokenRecords:
   log_prob: jax.Array  # float32, log p_quant(chosen token)
   is_marker: jax.Array  # bool, the chosen token is a marker token
   penalty_fired: jax.Array  # bool, the penalty was applied at this step
+  marker_in_top: jax.Array  # bool, a marker token is among the TOP_CANDIDATES most likely
   kl: jax.Array | None = None  # float32, KL(p_ref ‖ p_quant) (nats)
   ref_entropy: jax.Array | None = None  # float32, entropy of p_ref
   ref_log_prob: jax.Array | None = None  # float32, log p_ref(chosen token)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from jaxthink.config import ConfigError
 from jaxthink.decode.mesh import MeshConfig
+from jaxthink.eval.variants import expand_strength_grids, resolve_control_sources
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
 from jaxthink.quant.spec import QuantSpec
 
@@ -44,18 +45,28 @@ class ModelSpec:
 class PenaltySpec:
   """The logit penalty of a variant (applied to raw logits, before temperature).
 
-  token_set: `markers` (the marker file's tokens) or `random_matched` (a control: as many random
-    non-marker tokens, each matched in corpus frequency to a marker token, drawn with `seed`).
-  strength: λ; `.inf` bans the tokens, a negative value boosts them (direction check).
+  token_set: `markers` (the marker file's single-token spellings) or a control set chosen from
+    the token-level run `source` (jaxthink.eval.controls): `high_kl` / `low_kl` (highest / lowest
+    mean KL over tokens sampled >= `min_count` times), `random_neither` (random such tokens in
+    neither list), `random_matched` (each marker token matched in frequency in the generated text).
+  strength: λ; `.inf` bans the tokens, a negative value boosts them (direction check). A list
+    (`[0.5, 1.0, 2.0]`) expands into one variant per value, named `<name>@<λ>`.
   entropy_threshold: τ in nats, used by `entropy_gated`.
   markers: a marker file (one phrase per line); None uses jaxthink/data/markers.txt.
+  source: the unpenalised variant a control set is chosen from; None: the one with the same model.
+  set_size: tokens in a high_kl / low_kl / random_neither set; None: as many as the marker tokens.
+  min_count: how often a token must be sampled in `source` to be ranked by mean KL (study: 50).
+  seed: draws of the random control sets.
   """
 
   mode: Literal["off", "constant", "entropy_gated"] = "off"
-  strength: float = 0.0
+  strength: float | tuple[float, ...] = 0.0
   entropy_threshold: float = 0.0
-  token_set: Literal["markers", "random_matched"] = "markers"
+  token_set: Literal["markers", "high_kl", "low_kl", "random_neither", "random_matched"] = "markers"
   markers: str | None = None
+  source: str | None = None
+  set_size: int | None = None
+  min_count: int = 50
   seed: int = 0
 
 
@@ -66,6 +77,7 @@ class Variant:
   quant: quantize the full-precision model on the fly with this recipe (None: full precision).
   checkpoint: instead, load a `python -m jaxthink.quantize` output directory.
   compare_to: the variant relative changes are reported against (default: the first variant).
+  strength_grid: set by a λ grid (`penalty.strength: [...]`): the grid's name, shared by its twins.
   """
 
   name: str
@@ -73,6 +85,7 @@ class Variant:
   checkpoint: str | None = None
   penalty: PenaltySpec = PenaltySpec()
   compare_to: str | None = None
+  strength_grid: str | None = None
 
   @property
   def quantized(self) -> bool:
@@ -132,6 +145,7 @@ class EvalConfig:
   tpu: str | None = None
 
   def __post_init__(self):
+    object.__setattr__(self, "variants", expand_strength_grids(self.variants))
     names = [v.name for v in self.variants]
     if not names:
       raise ConfigError("variants: give at least one variant (e.g. `- {name: bf16}`).")
@@ -144,6 +158,7 @@ class EvalConfig:
       if v.quant is not None and v.checkpoint is not None:
         raise ConfigError(f"variants.{v.name}: give `quant` (quantize on the fly) or `checkpoint` "
                           "(load a quantized model), not both.")
+    object.__setattr__(self, "variants", resolve_control_sources(self.variants, self.reference))
     if self.batch_size < 1 or self.sampling.max_new_tokens < 1 or self.sampling.samples_per_problem < 1:
       raise ConfigError("batch_size, sampling.max_new_tokens and sampling.samples_per_problem must "
                         "be >= 1.")

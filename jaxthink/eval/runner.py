@@ -21,12 +21,12 @@ from jaxthink.data.markers import load_markers
 from jaxthink.decode.engine import Engine, Request
 from jaxthink.decode.generate import DecodeResult
 from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
-from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.score import score_reference
 from jaxthink.decode.sampling import Sampling
-from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
-from jaxthink.eval.controls import frequency_matched_tokens, token_counts
+from jaxthink.eval.config import EvalConfig, Variant
+from jaxthink.eval.penalty_report import TokenAnalysis
 from jaxthink.eval.run_dir import RunDir, response_key
+from jaxthink.eval.token_sets import variant_penalty
 from jaxthink.grading import analyze_response, failure_bucket, grade
 from jaxthink.models import Pretrained, load_pretrained, reasoning_prompt
 from jaxthink.models.tokenizer import token_char_offsets
@@ -36,7 +36,8 @@ from jaxthink.quant.cache import QuantCache, default_cache_dir
 # Per-token buffers saved for each response (DecodeResult field -> side-file name).
 _BUFFERS = {"tokens": "token_ids", "entropy": "entropy_quant", "log_prob": "logprobs",
             "is_marker": "is_marker", "penalty_fired": "penalty_fired", "kl": "kl",
-            "ref_entropy": "entropy_ref", "ref_log_prob": "ref_logprobs"}
+            "ref_entropy": "entropy_ref", "ref_log_prob": "ref_logprobs",
+            "marker_in_top": "marker_in_top"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,21 +68,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Path]:
            for s in range(cfg.sampling.samples_per_problem)]
   done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
   markers = load_markers()  # the list the overthinking analysis counts
-  counts = None  # corpus token frequencies, for frequency-matched control sets
   quant_cache = QuantCache(default_cache_dir(cfg.output_dir))  # twins share their recipe's params
 
-  for variant in cfg.variants:
+  # Control-set variants run after the unpenalised runs their token sets are chosen from.
+  for variant in sorted(cfg.variants, key=lambda v: v.penalty.source is not None):
     todo = [it for it in items if it.key(variant.name) not in done]
     if not todo:
       continue
-    if variant.penalty.token_set == "random_matched" and counts is None:
-      corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
-      counts = token_counts(tok, corpus, reference.config.vocab_size)
     policy, kv_bits = _policy(variant, reference, cfg, mesh, quant_cache)
-    penalty = _penalty(variant.penalty, tok, counts)
+    penalty = variant_penalty(run, variant, tok, reference.config.vocab_size,
+                              reference.config.eos_token_ids)
     ref = (reference.model, reference.params) if cfg.reference and variant.quantized else None
     _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers)
-  return _report(cfg, run)
+  return _report(cfg, run, tok)
 
 
 def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
@@ -108,16 +107,6 @@ def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cach
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
   policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)
   return policy, spec.kv_bits
-
-
-def _penalty(spec: PenaltySpec, tok, counts: np.ndarray | None) -> MarkerPenalty:
-  """The variant's penalty; `is_marker` is always recorded against the marker tokens."""
-  penalty = MarkerPenalty.from_tokenizer(tok, spec.mode, spec.strength, spec.entropy_threshold,
-                                         spec.markers)
-  if spec.token_set != "random_matched":
-    return penalty
-  ids = frequency_matched_tokens(list(penalty.token_ids), counts, spec.seed)
-  return dataclasses.replace(penalty, token_ids=tuple(ids), marker_ids=penalty.token_ids)
 
 
 def _row_seed(seed: int, item: WorkItem) -> int:
@@ -193,25 +182,28 @@ def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResu
   return row, buffers
 
 
-def _report(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
+def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   """summary.json, report.md and plots from results.jsonl and the side files (process 0)."""
   if not run.writer:
     return {}
   rows = run.rows()
   summaries: list[VariantSummary] = []
   points = {}
+  analysis = TokenAnalysis(tok, min_count=min(v.penalty.min_count for v in cfg.variants))
   for variant in cfg.variants:
     vrows = [r for r in rows if r["variant"] == variant.name]
     if not vrows:
       continue
     buffers = TokenBuffers.from_sequences([dict(np.load(run.path / r["token_file"])) for r in vrows])
+    analysis.add(variant, buffers)
     stats = token_stats(buffers)
     summaries.append(summarize_variant(variant.name, vrows, stats))
     if buffers.kl is not None:
       points[variant.name] = hexbin_points(buffers)
   baselines = {v.name: v.compare_to or cfg.variants[0].name for v in cfg.variants}
   files = write_report(summaries, run.path, baseline=baselines, token_points=points,
-                       title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}")
+                       title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}",
+                       sections=analysis.sections(run, cfg.variants, summaries, baselines))
   summary = {"config": str(run.path / "config.json"),
              "variants": {s.name: s.to_dict() for s in summaries}}
   (run.path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -107,12 +107,14 @@ class Decoder(nn.Module):
       last = jnp.max(jnp.where(token_mask, jnp.arange(t), 0), axis=1)
       x = jnp.take_along_axis(x, last[:, None, None], axis=1)
     x = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
+    # Logits leave the product in float32, unrounded, whatever the compute dtype: KL, entropy and
+    # log-probs of a bf16 model are then those of its exact logits.
     if cfg.tie_word_embeddings:
-      logits = embed.attend(x)
+      logits = jnp.dot(x, embed.embedding.astype(self.dtype).T,
+                       preferred_element_type=jnp.float32)
     else:  # the output head stays in float: quantization rules never cover it
       logits = Linear(cfg.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="lm_head")(x)
-    logits = logits.astype(jnp.float32)
+                      out_dtype=jnp.float32, name="lm_head")(x)
     if kv_cache is None:
       return logits, None
     return logits, KVCache(layers=tuple(new_layers),

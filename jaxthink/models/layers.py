@@ -32,6 +32,9 @@ class Linear(nn.Module):
   integers and scales are this layer's params, no float kernel) or returns None when the rules
   leave this layer in float. Keeping both paths in one module lets the reference and the quantized
   model be the same code with two parameter trees.
+
+  `out_dtype`: the product's output dtype, accumulated and returned without rounding to `dtype`
+  (the lm_head's float32 logits from a bf16 model); None: `dtype`.
   """
 
   features: int
@@ -39,6 +42,7 @@ class Linear(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   quant: Any = None
+  out_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,7 +50,8 @@ class Linear(nn.Module):
     if y is None:
       kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
                           self.param_dtype)
-      y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+      y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                  preferred_element_type=self.out_dtype or self.dtype)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
