@@ -90,12 +90,13 @@ def _check_context_length(cfg: EvalConfig, tokenizer, model_config: ModelConfig,
   bucket = bucket_length(longest)
   limit = model_config.max_position_embeddings
   if bucket + cfg.sampling.max_new_tokens > limit:
+    fix = (f"set sampling.max_new_tokens <= {limit - bucket}" if bucket < limit else
+           "the prompt alone does not fit: use a model with a longer context")
     raise ConfigError(
         f"sampling.max_new_tokens: {cfg.sampling.max_new_tokens} new tokens after the longest "
         f"prompt ({name} problem {problem.id!r}: {longest} tokens, padded to {bucket}) need "
         f"{bucket + cfg.sampling.max_new_tokens} positions, beyond the model's "
-        f"max_position_embeddings ({limit}); set sampling.max_new_tokens <= {limit - bucket} or "
-        "limit the benchmark to shorter problems.")
+        f"max_position_embeddings ({limit}); {fix}, or leave out the longest problems.")
 
 
 def _check_quantization(cfg: EvalConfig, tokenizer, model_config: ModelConfig) -> None:
