@@ -116,6 +116,9 @@ CASES = {
     "calibration file": (lambda t: {"variants": [{"name": "q", "quant": {
                              **GPTQ, "calibration": {"source": "missing.jsonl"}}}]},
                          ["variants.q.quant.calibration.source", "missing.jsonl not found"]),
+    "quantized checkpoint": (lambda t: {"variants": [{"name": "full"}, {
+                                 "name": "q", "checkpoint": str(t)}]},  # a folder, not a checkpoint
+                             ["variants.q.checkpoint", "is not a quantized checkpoint"]),
     # The tiny model has 2048 positions; its longest prompt fills a bucket of at least 16.
     "context length": (lambda t: {"sampling": {"max_new_tokens": 2040}},
                        ["sampling.max_new_tokens: 2040", "max_position_embeddings (2048)"]),

@@ -175,3 +175,46 @@ def test_raising_limit_and_samples_appends_only_the_new_items(tmp_path):
   with pytest.raises(ConfigError, match=r"differs in \['limit'\]; only limit and "
                                         r"sampling.samples_per_problem may grow"):
     evaluate(load_config(EvalConfig, config, ["limit=2", "sampling.samples_per_problem=2"]))
+
+
+def _row(run: Path, index: int) -> bytes:
+  """A results line whose side file exists."""
+  token_file = f"tokens/full/tiny-{index:05d}-s0.npz"
+  (run / token_file).parent.mkdir(parents=True, exist_ok=True)
+  np.savez(run / token_file, token_ids=np.arange(3))
+  return (json.dumps({"key": f"full/tiny/{index}/0", "variant": "full",
+                      "token_file": token_file}) + "\n").encode()
+
+
+def test_every_kind_of_bad_line_is_named_and_set_aside(tmp_path):
+  """No model: a results file with good lines, four kinds of bad ones and a torn tail."""
+  cfg = load_config(EvalConfig, _config(tmp_path))
+  run = tmp_path / "run"
+  run.mkdir()
+  good = [_row(run, i) for i in range(3)]
+  bad = [b'\xff{"key": "full/tiny/9/0"}\n', b"\n", b"[1, 2]\n", b'{"key": "full/tiny/8/0"}\n']
+  lines = [good[0], bad[0], good[1], bad[1], bad[2], bad[3], good[2]]
+  (run / "results.jsonl").write_bytes(b"".join(lines) + b'{"key": "full/t')  # killed mid-write
+  with pytest.raises(ConfigError, match=r"results.jsonl, line 2: not valid UTF-8 .*--repair"):
+    RunDir(run, cfg)
+  (run / "results.jsonl").write_bytes(b"".join(lines[:1] + lines[2:]))
+  with pytest.raises(ConfigError, match=r"line 3: not valid JSON \(Expecting value at column 1\)"):
+    RunDir(run, cfg)
+  (run / "results.jsonl").write_bytes(b"".join(lines) + b'{"key": "full/t')
+  with RunDir(run, cfg, repair=True) as opened:
+    assert [r["key"] for r in opened.rows()] == [f"full/tiny/{i}/0" for i in range(3)]
+  assert (run / "results.jsonl").read_bytes() == b"".join(good)
+  assert (run / "results.rejected.jsonl").read_bytes() == b"".join(bad)  # the torn tail is dropped
+  with RunDir(run, cfg):  # now clean
+    pass
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+  cfg = load_config(EvalConfig, _config(tmp_path))
+  run = tmp_path / "run"
+  with RunDir(run, cfg):
+    with pytest.raises(ConfigError, match=rf"output_dir: .* is in use by another run \(pid "
+                                          rf"{os.getpid()}\b"):
+      RunDir(run, cfg)
+  with RunDir(run, cfg):  # released on exit
+    pass

@@ -75,7 +75,7 @@ class RunDir:
     """Records the config: call once the run has started (validated, model loaded), so a run that
     failed before it leaves nothing that would refuse the fixed config."""
     if self.writer:
-      _write_atomic(self.config_file, json.dumps(self._resolved, indent=1) + "\n")
+      _write_atomic(self.config_file, (json.dumps(self._resolved, indent=1) + "\n").encode())
 
   def rows(self) -> list[dict[str, Any]]:
     """Finished responses, each once (the first line of a key wins); [] on non-writers."""
@@ -139,9 +139,9 @@ class RunDir:
     data = self.results_file.read_bytes()
     if data and not data.endswith(b"\n"):
       data = data[:data.rfind(b"\n") + 1]
-      _write_atomic(self.results_file, data.decode("utf-8", errors="surrogateescape"))
+      _write_atomic(self.results_file, data)
     kept, rejected = [], []
-    for number, line in enumerate(data.decode("utf-8", errors="surrogateescape").splitlines(), 1):
+    for number, line in enumerate((line + b"\n" for line in data.split(b"\n")[:-1]), 1):
       problem = _bad_row(line)
       if problem is not None and not repair:
         raise ConfigError(
@@ -156,20 +156,22 @@ class RunDir:
         rejected.append((number, line, problem))
     if not rejected:
       return
-    with self.rejected_file.open("a", encoding="utf-8", errors="surrogateescape") as f:
-      f.writelines(line + "\n" for _, line, _ in rejected)
+    with self.rejected_file.open("ab") as f:
+      f.writelines(line for _, line, _ in rejected)
       f.flush()
       os.fsync(f.fileno())
-    _write_atomic(self.results_file, "".join(line + "\n" for line in kept))
+    _write_atomic(self.results_file, b"".join(kept))
     for number, _, problem in rejected:
       print(f"{self.results_file}, line {number}: {problem}; moved to {self.rejected_file.name}, "
             "will be generated again.")
 
 
-def _bad_row(line: str) -> str | None:
+def _bad_row(line: bytes) -> str | None:
   """Why `line` is not a results row, or None if it is one."""
   try:
-    row = json.loads(line)
+    row = json.loads(line.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    return f"not valid UTF-8 (at byte {e.start})"
   except json.JSONDecodeError as e:
     return f"not valid JSON ({e.msg} at column {e.colno})"
   if not isinstance(row, dict):
@@ -205,11 +207,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-  """Replaces `path` with `text` so that a kill leaves either the old or the new file."""
+def _write_atomic(path: Path, data: bytes) -> None:
+  """Replaces `path` with `data` so that a kill leaves either the old or the new file."""
   tmp = path.with_name(path.name + ".tmp")
-  with tmp.open("w", encoding="utf-8", errors="surrogateescape") as f:
-    f.write(text)
+  with tmp.open("wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)

@@ -23,6 +23,7 @@ from jaxthink.models.config import CheckpointError, ModelConfig, UnsupportedMode
 from jaxthink.models.hf_io import check_checkpoint
 from jaxthink.models.tokenizer import load_tokenizer, reasoning_prompt
 from jaxthink.quant.calibrate import calibration_data
+from jaxthink.quant.checkpoint import read_quantized_meta
 from jaxthink.quant.spec import QuantConfigError
 
 
@@ -46,6 +47,7 @@ def validate(cfg: EvalConfig) -> None:
   problems = _benchmark_problems(cfg)
   _check_context_length(cfg, tokenizer, model_config, problems)
   _check_quantization(cfg, tokenizer, model_config)
+  _check_quantized_checkpoints(cfg, model_config)
 
 
 def check_mesh(mesh: MeshConfig) -> None:
@@ -116,3 +118,18 @@ def _check_quantization(cfg: EvalConfig, tokenizer, model_config: ModelConfig) -
       except QuantConfigError as e:
         raise ConfigError(f"variants.{v.name}.quant.calibration: {e}") from e
       checked.add(spec.calibration)
+
+
+def _check_quantized_checkpoints(cfg: EvalConfig, model_config: ModelConfig) -> None:
+  """Every `checkpoint:` variant names a readable quantized checkpoint of a model with the same
+  vocabulary (its KL is taken against the full-precision model)."""
+  for v in cfg.variants:
+    if v.checkpoint is None:
+      continue
+    try:
+      _, config, _ = read_quantized_meta(v.checkpoint)
+    except (ValueError, KeyError) as e:
+      raise ConfigError(f"variants.{v.name}.checkpoint: {e}") from e
+    if config.vocab_size != model_config.vocab_size:
+      raise ConfigError(f"variants.{v.name}.checkpoint: its vocabulary ({config.vocab_size}) is not "
+                        f"model.path's ({model_config.vocab_size}); quantize the same model.")
