@@ -26,7 +26,7 @@ from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
 from jaxthink.eval.controls import frequency_matched_tokens, token_counts
 from jaxthink.eval.run_dir import RunDir, response_key
-from jaxthink.eval.validate import prompt_tokens, validate
+from jaxthink.eval.validate import check_mesh, prompt_tokens, validate
 from jaxthink.grading import analyze_response, failure_bucket, grade
 from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
@@ -51,10 +51,11 @@ class WorkItem:
 
 
 def evaluate(cfg: EvalConfig, repair: bool = False) -> dict[str, Path]:
-  """Runs (or resumes) `cfg` after `validate`, holding the run directory's lock; returns the
+  """Runs (or resumes) `cfg` holding the run directory's lock, after `validate`; returns the
   written report files. `repair`: see `RunDir`."""
-  validate(cfg)
+  check_mesh(cfg.mesh)  # starts jax.distributed if asked, before process_index
   with RunDir(cfg.output_dir, cfg, writer=jax.process_index() == 0, repair=repair) as run:
+    validate(cfg)
     return _evaluate(cfg, run)
 
 
