@@ -1,9 +1,9 @@
 """The run directory: the resolved config, results appended as they finish, per-token side files.
 
-    <output_dir>/lock                   an exclusive OS lock (flock) held for the run's life; holds its pid
+    <output_dir>/lock                   an OS lock (flock) held for the run's life; holds its pid
     <output_dir>/config.json            the resolved EvalConfig, written once the run has started
     <output_dir>/results.jsonl          one graded response per line, fsynced as each batch ends
-    <output_dir>/results.rejected.jsonl lines taken out of results.jsonl (unreadable, or side file lost)
+    <output_dir>/results.rejected.jsonl lines taken out of results.jsonl (bad, or side file lost)
     <output_dir>/tokens/<variant>/<benchmark>-<index>-s<sample>.npz   per-token buffers
 
 A response is finished once its line is in results.jsonl (its side file is written and synced
@@ -49,15 +49,16 @@ class RunDir:
     self.config_file = self.path / "config.json"
     self._resolved = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     self._lock_fd = None
-    if self.config_file.exists():
-      _check_resumable(self.config_file, self._resolved)
     if writer:
       self._lock()
-      try:
+    try:
+      if self.config_file.exists():
+        _check_resumable(self.config_file, self._resolved)
+      if writer:
         self._check_results(repair)
-      except BaseException:
-        self.close()
-        raise
+    except BaseException:
+      self.close()
+      raise
 
   def __enter__(self) -> "RunDir":
     return self
@@ -125,7 +126,8 @@ class RunDir:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
       os.close(fd)
       raise ConfigError(f"output_dir: {self.path} is in use by another run (pid {holder}, which "
-                        "holds its lock); wait for it to finish, or set a new output_dir.") from None
+                        "holds its lock); wait for it to finish, or set a new output_dir."
+                        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     self._lock_fd = fd

@@ -34,7 +34,7 @@ def prompt_tokens(tokenizer, problem: str, prompt: PromptSpec) -> tuple[int, ...
 
 
 def validate(cfg: EvalConfig) -> None:
-  """Raises `ConfigError` (key path first) for anything that would fail or silently mislead later."""
+  """Raises `ConfigError` (key path first) for what would fail, or silently mislead, later."""
   check_mesh(cfg.mesh)  # first: it may start jax.distributed, which precedes any other JAX use
   cfg.check_files()
   model_dir = cfg.model.directory
@@ -59,8 +59,8 @@ def check_mesh(mesh: MeshConfig) -> None:
                       "devices.")
   if mesh.data != -1 and (mesh.data < 1 or mesh.data * mesh.model > n):
     raise ConfigError(f"mesh.data: a ({mesh.data}, {mesh.model}) mesh needs "
-                      f"{mesh.data * mesh.model} devices, but {n} are visible; shrink it (mesh.data: "
-                      "-1 uses every device) or run on more devices.")
+                      f"{mesh.data * mesh.model} devices, but {n} are visible; shrink it "
+                      "(mesh.data: -1 uses every device) or run on more devices.")
 
 
 def _benchmark_problems(cfg: EvalConfig) -> list[tuple[str, Problem]]:
@@ -131,5 +131,5 @@ def _check_quantized_checkpoints(cfg: EvalConfig, model_config: ModelConfig) -> 
     except (ValueError, KeyError) as e:
       raise ConfigError(f"variants.{v.name}.checkpoint: {e}") from e
     if config.vocab_size != model_config.vocab_size:
-      raise ConfigError(f"variants.{v.name}.checkpoint: its vocabulary ({config.vocab_size}) is not "
-                        f"model.path's ({model_config.vocab_size}); quantize the same model.")
+      raise ConfigError(f"variants.{v.name}.checkpoint: its vocabulary ({config.vocab_size}) is "
+                        f"not model.path's ({model_config.vocab_size}); quantize the same model.")
