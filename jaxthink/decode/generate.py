@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxthink.decode.loop import LoopSpec, decode, prefill
+from jaxthink.decode.loop import LoopSpec, decode, init_state, insert, prefill
 from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_numpy
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
+from jaxthink.decode.state import DecodeState
 from jaxthink.models.decoder import Decoder
 
 
@@ -50,7 +51,7 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 
 def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]] | np.ndarray, *,
-             max_new_tokens: int, sampling: Sampling = Sampling(),
+             max_new_tokens: int, budgets: Sequence[int] | None = None, sampling: Sampling = Sampling(),
              penalty: MarkerPenalty = MarkerPenalty(),
              reference: tuple[Decoder, Any] | Any | None = None,
              eos_ids: Sequence[int] | None = None, seed: int | Sequence[int] = 0, mesh: Mesh | None = None,
@@ -64,6 +65,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
       when it is padded, left or right).
     max_new_tokens: tokens generated at most per row (the size of every buffer and of the cache
       beyond the prompt).
+    budgets: optional per-row limits (each <= max_new_tokens).
     sampling: greedy (default) or temperature / top-k / top-p.
     penalty: the marker penalty; its `token_ids` are recorded as `is_marker` in every mode.
     reference: `(model, params)` (or `Pretrained`) co-decoded on the policy's tokens, for KL and
@@ -82,6 +84,10 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   rows = _prompt_rows(prompts, prompt_mask, config.vocab_size)
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+  budgets = np.broadcast_to(np.asarray(max_new_tokens if budgets is None else budgets, np.int32),
+                            (len(rows),))
+  if budgets.min() < 1 or budgets.max() > max_new_tokens:
+    raise ValueError(f"budgets must lie in [1, max_new_tokens={max_new_tokens}].")
   ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
   if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
     raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) differs "
@@ -92,13 +98,8 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   batch = len(rows)
   padded = padded_batch_size(batch, mesh)
   rows = rows + [rows[0]] * (padded - batch)  # filler rows, dropped from the result
-  prompt_len = bucket_length(max(len(r) for r in rows))
-  tokens = np.full((padded, prompt_len), pad_id, np.int32)
-  mask = np.zeros((padded, prompt_len), bool)
-  for i, row in enumerate(rows):  # left padding: every row's last column is its last token
-    tokens[i, prompt_len - len(row):] = row
-    mask[i, prompt_len - len(row):] = True
-
+  budgets = np.concatenate([budgets, np.ones(padded - batch, np.int32)])
+  tokens, lengths = right_padded(rows, pad_id)
   spec = LoopSpec(policy=model, reference=ref_model, sampling=sampling,
                   penalty_mode=penalty.mode, eos_ids=eos_ids, pad_id=pad_id,
                   max_new_tokens=int(max_new_tokens), kv_bits=kv_bits,
@@ -106,17 +107,41 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   params = place_params(params, mesh)
   ref_params = None if ref_model is None else place_params(ref_params, mesh)
   arrays = penalty.arrays(config.vocab_size)
-  state = prefill(spec, params, ref_params, put_batch(tokens, mesh), put_batch(mask, mesh),
+  # The static path: every row enters at once and the batch runs until its last row is done
+  # (`jaxthink.decode.engine` refills finished rows instead).
+  state = init_state(spec, padded, tokens.shape[1] + spec.max_new_tokens)
+  first = prefill(spec, params, ref_params, put_batch(tokens, mesh), put_batch(lengths, mesh),
                   _seeds(seed, batch, padded, mesh), arrays)
-  state = decode(spec, params, ref_params, state, arrays)
+  state = insert(spec, state, first, jnp.arange(padded), jnp.asarray(budgets))
+  state, _ = decode(spec, params, ref_params, state, arrays, False, spec.max_new_tokens)
+  return result_rows(state, batch, tokens.shape[1])
 
-  out = lambda x: None if x is None else to_numpy(x)[:batch]
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int,
+                 bucket: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts as `[n, bucket]` int32, each row's tokens first then `pad_id`, and their lengths
+  `[n]` int32; `bucket` defaults to `bucket_length` of the longest."""
+  lengths = np.asarray([len(r) for r in rows], np.int32)
+  bucket = bucket or bucket_length(int(lengths.max()))
+  tokens = np.full((len(rows), bucket), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return tokens, lengths
+
+
+def result_rows(state: DecodeState, n: int, prompt_bucket: int, rows: np.ndarray | None = None,
+                columns: int | None = None) -> DecodeResult:
+  """The `DecodeResult` of decode rows `rows` (default: the first `n`), numpy, with buffers cut to
+  `columns` (default: all)."""
+  take = lambda x: x[:n] if rows is None else x[rows]
+  cut = lambda x: None if x is None else to_numpy(take(x)[:, :columns])  # cut on device
   r = state.records
-  return DecodeResult(tokens=out(state.tokens), lengths=out(state.lengths),
-                      finished=out(state.done), entropy=out(r.entropy), log_prob=out(r.log_prob),
-                      is_marker=out(r.is_marker), penalty_fired=out(r.penalty_fired),
-                      kl=out(r.kl), ref_entropy=out(r.ref_entropy),
-                      ref_log_prob=out(r.ref_log_prob), prompt_bucket=prompt_len)
+  return DecodeResult(tokens=cut(state.tokens), lengths=to_numpy(take(state.generated)),
+                      finished=to_numpy(take(state.ended)), entropy=cut(r.entropy),
+                      log_prob=cut(r.log_prob), is_marker=cut(r.is_marker),
+                      penalty_fired=cut(r.penalty_fired), kl=cut(r.kl),
+                      ref_entropy=cut(r.ref_entropy), ref_log_prob=cut(r.ref_log_prob),
+                      prompt_bucket=prompt_bucket)
 
 
 def _model_and_params(model) -> tuple[Decoder, Any]:

@@ -1,10 +1,13 @@
-"""The compiled generation program: prefill, then one `lax.while_loop` over `DecodeState`.
+"""The compiled generation programs: prefill, insertion into decode slots, and one
+`lax.while_loop` over `DecodeState`.
 
-Each step (1) runs the quantized (policy) model on the last token, and the reference model too when
-co-decoding (teacher-forced on the policy's token, with its own cache); (2) measures entropy,
-log-probs and KL(p_ref ‖ p_quant) on the raw logits; (3) applies the marker penalty; (4) picks
-the next token; (5) writes everything into column `step` of fixed-size buffers. Rows stop at an
-end token; the loop stops when every row has, or after `max_new_tokens`.
+Each step (1) runs the quantized (policy) model on every row's last token, and the reference
+model too when co-decoding (teacher-forced on the policy's token, with its own cache); (2)
+measures entropy, log-probs and KL(p_ref ‖ p_quant) on the raw logits; (3) applies the marker
+penalty; (4) picks the next token; (5) writes everything into each row's own next column. Rows
+stop at an end token or at their own budget. The loop returns when every row is done, or, for the
+request engine (`jaxthink.decode.engine`), as soon as a row is done while requests wait, or after
+`max_steps`; the host then refills the free rows (`insert`) and resumes.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from jax.sharding import Mesh
 from jaxthink.decode.mesh import constrain_state
 from jaxthink.decode.penalty import PenaltyArrays, apply_penalty
 from jaxthink.decode.sampling import Sampling, choose_tokens, row_keys
-from jaxthink.decode.state import DecodeState, TokenRecords
+from jaxthink.decode.state import DecodeState, Prefilled, TokenRecords
 from jaxthink.decode.stats import entropy, kl_divergence, log_probs, token_log_prob
-from jaxthink.models.decoder import Decoder, positions_from_mask
-from jaxthink.models.kv_cache import extend_kv_cache, init_kv_cache
+from jaxthink.models.decoder import Decoder
+from jaxthink.models.kv_cache import KVCache, init_kv_cache, insert_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,103 +67,147 @@ def _constrain(spec: LoopSpec, tree):
   return constrain_state(tree, spec.mesh, spec.policy.config.num_kv_heads)
 
 
-def _put_column(buffer: jax.Array, column: jax.Array, values: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice(buffer, values[:, None].astype(buffer.dtype), (0, column))
+def _measure(spec: LoopSpec, logits: jax.Array, ref_logits: jax.Array | None,
+             penalty: PenaltyArrays, keys: jax.Array,
+             generated: jax.Array) -> tuple[jax.Array, TokenRecords]:
+  """Measures, penalises and picks each row's next token from `logits` `[batch, vocab]`.
 
-
-def _emit(spec: LoopSpec, state: DecodeState, logits: jax.Array, ref_logits: jax.Array | None,
-          penalty: PenaltyArrays) -> DecodeState:
-  """Measures, penalises, picks the next token from `logits` `[batch, vocab]` and records it."""
+  Returns the chosen tokens `[batch]` and their measurements (`TokenRecords` of `[batch]`).
+  """
   logp = log_probs(logits)
   ent = entropy(logp)
   # KL / entropy / log-probs come from the raw logits above; the penalty only steers the choice.
   penalised, fired = apply_penalty(logits, ent, penalty, spec.penalty_mode)
-  chosen = choose_tokens(penalised, state.keys, state.step, spec.sampling)
-  active = ~state.done
-  col = state.step
-  keep = lambda x: jnp.where(active, x, jnp.zeros_like(x))
-  r = state.records
-  records = TokenRecords(
-      entropy=_put_column(r.entropy, col, keep(ent)),
-      log_prob=_put_column(r.log_prob, col, keep(token_log_prob(logp, chosen))),
-      is_marker=_put_column(r.is_marker, col, keep(penalty.marker_mask[chosen])),
-      penalty_fired=_put_column(r.penalty_fired, col, keep(fired)))
+  chosen = choose_tokens(penalised, keys, generated, spec.sampling)
+  values = TokenRecords(entropy=ent, log_prob=token_log_prob(logp, chosen),
+                        is_marker=penalty.marker_mask[chosen],
+                        penalty_fired=fired)
   if ref_logits is not None:
     ref_logp = log_probs(ref_logits)
-    records = records.replace(
-        kl=_put_column(r.kl, col, keep(kl_divergence(ref_logp, logp))),
-        ref_entropy=_put_column(r.ref_entropy, col, keep(entropy(ref_logp))),
-        ref_log_prob=_put_column(r.ref_log_prob, col, keep(token_log_prob(ref_logp, chosen))))
-  token = jnp.where(active, chosen, spec.pad_id)
-  ended = jnp.isin(chosen, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else False
-  return state.replace(
-      step=state.step + 1,
-      done=state.done | (active & ended),
-      last_token=token,
-      lengths=state.lengths + active.astype(jnp.int32),
-      tokens=_put_column(state.tokens, col, token),
-      records=records)
+    values = values.replace(kl=kl_divergence(ref_logp, logp), ref_entropy=entropy(ref_logp),
+                            ref_log_prob=token_log_prob(ref_logp, chosen))
+  return chosen, values
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, mask: jax.Array,
-            seed: jax.Array, penalty: PenaltyArrays) -> DecodeState:
-  """Runs the prompts and picks the first token.
+def _is_end(spec: LoopSpec, tokens: jax.Array) -> jax.Array:
+  if not spec.eos_ids:
+    return jnp.zeros(tokens.shape, jnp.bool_)
+  return jnp.isin(tokens, jnp.asarray(spec.eos_ids, jnp.int32))
 
-  Args:
-    tokens: `[batch, prompt_len]` int32, left-padded (every row's last column is a real token).
-    mask: `[batch, prompt_len]` bool, False at padding.
-    seed: `[]` int, the sampling seed, or `[batch]` per-row seeds.
 
-  Returns:
-    the state after one generated token, with caches of `prompt_len + max_new_tokens` slots.
-  """
-  batch, prompt_len = tokens.shape
-  positions = positions_from_mask(mask)
+def _record(spec: LoopSpec, s: DecodeState, chosen: jax.Array, values: TokenRecords,
+            active: jax.Array) -> DecodeState:
+  """Writes the step's token and measurements into column `generated[b]` of each active row."""
+  rows = jnp.arange(chosen.shape[0])
+  column = jnp.where(active, s.generated, spec.max_new_tokens)  # out of range: dropped
+  put = lambda buf, x: buf.at[rows, column].set(x.astype(buf.dtype), mode="drop")
+  generated = s.generated + active.astype(jnp.int32)
+  ended = s.ended | (active & _is_end(spec, chosen))
+  return s.replace(
+      generated=generated, ended=ended, done=ended | (generated >= s.budget),
+      last_token=jnp.where(active, chosen, s.last_token), tokens=put(s.tokens, chosen),
+      records=jax.tree.map(put, s.records, values))
 
-  def run(model: Decoder, model_params, kv_bits):
-    # A prompt-sized cache keeps prefill attention [prompt, prompt], not [prompt, prompt + new].
-    cache = init_kv_cache(model.config, batch, prompt_len, spec.cache_dtype, kv_bits)
-    logits, cache = model.apply({"params": model_params}, tokens, positions, mask,
-                                _constrain(spec, cache), last_only=True)
-    return logits[:, -1], extend_kv_cache(cache, spec.max_new_tokens)
 
-  logits, cache = run(spec.policy, params, spec.kv_bits)
-  ref_logits, ref_cache = (None, None) if spec.reference is None else run(
-      spec.reference, ref_params, None)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def init_state(spec: LoopSpec, batch: int, max_len: int) -> DecodeState:
+  """`batch` empty (done) decode slots with caches of `max_len` slots per row."""
   buffer = lambda dtype: jnp.zeros((batch, spec.max_new_tokens), dtype)
   records = TokenRecords(entropy=buffer(jnp.float32), log_prob=buffer(jnp.float32),
                          is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_))
   if spec.reference is not None:
     records = records.replace(kl=buffer(jnp.float32), ref_entropy=buffer(jnp.float32),
                               ref_log_prob=buffer(jnp.float32))
+  per_row = lambda value, dtype: jnp.full((batch,), value, dtype)
   state = DecodeState(
-      step=jnp.zeros((), jnp.int32), done=jnp.zeros((batch,), jnp.bool_),
-      last_token=tokens[:, -1], position=positions[:, -1],
-      lengths=jnp.zeros((batch,), jnp.int32), keys=row_keys(seed, batch),
-      tokens=jnp.full((batch, spec.max_new_tokens), spec.pad_id, jnp.int32),
-      records=records, cache=cache, ref_cache=ref_cache)
-  return _constrain(spec, _emit(spec, _constrain(spec, state), logits, ref_logits, penalty))
+      generated=per_row(0, jnp.int32), budget=per_row(0, jnp.int32),
+      ended=per_row(False, jnp.bool_), done=per_row(True, jnp.bool_),
+      last_token=per_row(spec.pad_id, jnp.int32), keys=row_keys(0, batch),
+      tokens=jnp.full((batch, spec.max_new_tokens), spec.pad_id, jnp.int32), records=records,
+      cache=init_kv_cache(spec.policy.config, batch, max_len, spec.cache_dtype, spec.kv_bits),
+      ref_cache=None if spec.reference is None else init_kv_cache(
+          spec.reference.config, batch, max_len, spec.cache_dtype))
+  return _constrain(spec, state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, lengths: jax.Array,
+            seeds: jax.Array, penalty: PenaltyArrays) -> Prefilled:
+  """Runs right-padded prompts and picks each one's first token.
+
+  Args:
+    tokens: `[n, prompt_bucket]` int32, each row's prompt first, then padding.
+    lengths: `[n]` int32 prompt lengths (>= 1).
+    seeds: `[n]` uint32, each request's sampling seed, or one seed `[]` for all (hashed with the
+      row index).
+  """
+  n, bucket = tokens.shape
+  mask = jnp.arange(bucket)[None] < lengths[:, None]
+  positions = jnp.broadcast_to(jnp.arange(bucket, dtype=jnp.int32), (n, bucket))
+
+  def run(model: Decoder, model_params, kv_bits):
+    # A prompt-sized cache keeps prefill attention [prompt, prompt], not [prompt, prompt + new].
+    cache = init_kv_cache(model.config, n, bucket, spec.cache_dtype, kv_bits)
+    logits, cache = model.apply({"params": model_params}, tokens, positions, mask,
+                                _constrain(spec, cache), last_only=True)
+    return logits[:, 0], cache
+
+  logits, cache = run(spec.policy, params, spec.kv_bits)
+  ref_logits, ref_cache = (None, None) if spec.reference is None else run(
+      spec.reference, ref_params, None)
+  keys = row_keys(seeds, n)
+  chosen, first = _measure(spec, logits, ref_logits, penalty, keys, jnp.zeros((n,), jnp.int32))
+  return _constrain(spec, Prefilled(first_token=chosen, first=first, keys=keys, cache=cache,
+                                    ref_cache=ref_cache))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def insert(spec: LoopSpec, state: DecodeState, new: Prefilled, rows: jax.Array,
+           budgets: jax.Array) -> DecodeState:
+  """Puts prefilled requests into slots `rows` `[n]` (rows `>= batch` are dropped: padding) with
+  their budgets `[n]`, their first token already recorded; `state` is donated."""
+  reset = lambda buf, value: buf.at[rows].set(value, mode="drop")
+  put = lambda buf, x: buf.at[rows, 0].set(x.astype(buf.dtype), mode="drop")
+  fresh = state.replace(
+      tokens=reset(state.tokens, spec.pad_id),
+      records=jax.tree.map(lambda buf: reset(buf, jnp.zeros((), buf.dtype)), state.records))
+  s = fresh.replace(
+      generated=reset(state.generated, 0), budget=reset(state.budget, budgets),
+      ended=reset(state.ended, False), done=reset(state.done, False),
+      keys=state.keys.at[rows].set(new.keys, mode="drop"),
+      cache=insert_rows(state.cache, new.cache, rows),
+      ref_cache=None if new.ref_cache is None else insert_rows(state.ref_cache, new.ref_cache,
+                                                               rows))
+  active = jnp.zeros(s.done.shape, jnp.bool_).at[rows].set(True, mode="drop")
+  scatter = lambda x: jnp.zeros(s.done.shape, x.dtype).at[rows].set(x, mode="drop")
+  return _constrain(spec, _record(spec, s, scatter(new.first_token),
+                                  jax.tree.map(scatter, new.first), active))
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
 def decode(spec: LoopSpec, params: Any, ref_params: Any, state: DecodeState,
-           penalty: PenaltyArrays) -> DecodeState:
-  """Generates until every row has ended or `max_new_tokens` are out; `state` is donated."""
+           penalty: PenaltyArrays, stop_when_free: jax.Array,
+           max_steps: jax.Array) -> tuple[DecodeState, jax.Array]:
+  """Generates until every row is done, or (with `stop_when_free`) until some row is, or for
+  `max_steps` steps. Returns the state (`state` is donated) and the steps taken `[]`."""
 
-  def running(s: DecodeState) -> jax.Array:
-    return (s.step < spec.max_new_tokens) & ~jnp.all(s.done)
+  def running(carry) -> jax.Array:
+    s, steps = carry
+    return jnp.any(~s.done) & (steps < max_steps) & ~(stop_when_free & jnp.any(s.done))
 
-  def step(s: DecodeState) -> DecodeState:
-    tokens, positions = s.last_token[:, None], (s.position + 1)[:, None]
-    real = ~s.done[:, None]  # ended rows feed padding, masked out of the cache
-    logits, cache = spec.policy.apply({"params": params}, tokens, positions, real, s.cache)
+  def step(carry):
+    s, steps = carry
+    active = ~s.done  # finished rows feed padding, which their caches never count
+    tokens, positions = s.last_token[:, None], s.cache.lengths[:, None]
+    logits, cache = spec.policy.apply({"params": params}, tokens, positions, active[:, None],
+                                      s.cache)
     ref_logits, ref_cache = None, None
     if spec.reference is not None:
       ref_logits, ref_cache = spec.reference.apply({"params": ref_params}, tokens, positions,
-                                                   real, s.ref_cache)
+                                                   active[:, None], s.ref_cache)
       ref_logits = ref_logits[:, 0]
-    s = s.replace(cache=cache, ref_cache=ref_cache, position=s.position + 1)
-    return _constrain(spec, _emit(spec, s, logits[:, 0], ref_logits, penalty))
+    chosen, values = _measure(spec, logits[:, 0], ref_logits, penalty, s.keys, s.generated)
+    s = _record(spec, s.replace(cache=cache, ref_cache=ref_cache), chosen, values, active)
+    return _constrain(spec, s), steps + 1
 
-  return jax.lax.while_loop(running, step, state)
+  return jax.lax.while_loop(running, step, (state, jnp.zeros((), jnp.int32)))

@@ -109,8 +109,9 @@ def constrain_state(tree: Any, mesh: Mesh | None, num_kv_heads: int) -> Any:
       lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(x))), tree)
 
 
-def to_numpy(x: jax.Array) -> np.ndarray:
-  """The whole (global) array on this host, also when other hosts hold parts of it."""
+def to_numpy(x: Any) -> Any:
+  """The whole (global) array, or pytree of arrays, on this host, also when other hosts hold
+  parts of it; one transfer."""
   if jax.process_count() > 1:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(x))

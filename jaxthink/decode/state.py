@@ -1,4 +1,5 @@
-"""The carry of the decode loop: fixed-size buffers, so one compiled program serves every step."""
+"""The carry of the decode loop: fixed-size, per-row buffers, so one compiled program serves every
+step, and a row (a decode slot) can be refilled with a new request while the others run on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from jaxthink.models.kv_cache import KVCache
 
 @flax.struct.dataclass
 class TokenRecords:
-  """What is measured for every generated token, `[batch, max_new_tokens]` each.
+  """What is measured for every generated token: `[batch, max_new_tokens]` buffers in the state,
+  `[batch]` for one step.
 
   Measured on the unpenalised, temperature-1 logits (the models' own distributions). Slots after
   a row's end hold 0 / False. The reference fields are None without a reference model.
@@ -27,15 +29,32 @@ class TokenRecords:
 
 @flax.struct.dataclass
 class DecodeState:
-  """Everything one decode step reads and writes."""
+  """Everything one decode step reads and writes; every field is per row (decode slot).
 
-  step: jax.Array  # [] int32, tokens generated so far (the next buffer column)
-  done: jax.Array  # [batch] bool, the row has emitted an end token
+  A row's rotary position and cache slot for its next token are both `cache.lengths[b]`.
+  """
+
+  generated: jax.Array  # [batch] int32, tokens generated (the row's next buffer column)
+  budget: jax.Array  # [batch] int32, the most tokens this row may generate
+  ended: jax.Array  # [batch] bool, the row emitted an end token
+  done: jax.Array  # [batch] bool, ended or out of budget: the row's slot is free
   last_token: jax.Array  # [batch] int32, the token the next step feeds to the models
-  position: jax.Array  # [batch] int32, rotary position of `last_token`
-  lengths: jax.Array  # [batch] int32, tokens generated per row (its end token included)
-  keys: jax.Array  # [batch] PRNG keys, one per row
+  keys: jax.Array  # [batch] PRNG keys, one per row (its request's seed)
   tokens: jax.Array  # [batch, max_new_tokens] int32, pad after each row's end
   records: TokenRecords
   cache: KVCache  # the quantized (policy) model's cache
   ref_cache: KVCache | None  # the reference model's cache (co-decoding), or None
+
+
+@flax.struct.dataclass
+class Prefilled:
+  """Prompts run through both models and their first token chosen, ready to enter decode slots.
+
+  `[n]` per field except the caches (`[n, kv_heads, prompt_bucket, head_dim]` per layer).
+  """
+
+  first_token: jax.Array  # int32
+  first: TokenRecords  # the first token's measurements
+  keys: jax.Array  # PRNG keys from the requests' seeds
+  cache: KVCache
+  ref_cache: KVCache | None

@@ -5,7 +5,9 @@ Exit status 2 with `config error: <key>: ...` for any input problem, before a mo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from jaxthink.config import ConfigError, load_config
 from jaxthink.eval.config import EvalConfig
@@ -26,7 +28,11 @@ def main(argv=None) -> int:
   try:
     cfg = load_config(EvalConfig, args.config, args.overrides)
     cfg.check_files()
-    from jaxthink.eval.runner import evaluate  # noqa: PLC0415 (after the cheap checks: imports JAX)
+    import jax  # noqa: PLC0415 (after the cheap checks)
+    # Compiled programs persist across runs (a resumed or repeated run skips compilation).
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "JAXTHINK_COMPILATION_CACHE", str(Path.home() / ".cache" / "jaxthink" / "xla")))
+    from jaxthink.eval.runner import evaluate  # noqa: PLC0415
     files = evaluate(cfg, repair=args.repair)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)

@@ -118,6 +118,8 @@ class EvalConfig:
 
   data_dir: the folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data).
   limit: the first `limit` problems of each benchmark (None: all).
+  batch_size: decode slots of the request engine (`jaxthink.decode.Engine`): a variant's
+    problems x samples go through one queue, a finished response's slot taking the next request.
   reference: co-decode the full-precision model with every quantized variant and record
     per-token KL(p_ref ‖ p_quant) and entropies.
   output_dir: the run directory; a re-run with the same config resumes there (see

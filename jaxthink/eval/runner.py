@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +18,9 @@ from jaxthink.analysis.report import VariantSummary, hexbin_points, summarize_va
 from jaxthink.analysis.stats import TokenBuffers, token_stats
 from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
-from jaxthink.decode.generate import DecodeResult, generate
-from jaxthink.decode.mesh import mesh_from_config
+from jaxthink.decode.engine import Engine, Request
+from jaxthink.decode.generate import DecodeResult
+from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, PenaltySpec, Variant
@@ -30,7 +30,8 @@ from jaxthink.eval.validate import check_mesh, prompt_tokens, validate
 from jaxthink.grading import analyze_response, failure_bucket, grade
 from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
-from jaxthink.quant import load_quantized, quantize
+from jaxthink.quant import load_quantized
+from jaxthink.quant.cache import QuantCache, default_cache_dir
 
 # Per-token buffers saved for each response (DecodeResult field -> side-file name).
 _BUFFERS = {"tokens": "token_ids", "entropy": "entropy_quant", "log_prob": "logprobs",
@@ -72,6 +73,7 @@ def _evaluate(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
   done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
   markers = load_markers()  # the list the overthinking analysis counts
   counts = None  # corpus token frequencies, for frequency-matched control sets
+  quant_cache = QuantCache(default_cache_dir(cfg.output_dir))  # twins share their recipe's params
 
   for variant in cfg.variants:
     todo = [it for it in items if it.key(variant.name) not in done]
@@ -80,7 +82,7 @@ def _evaluate(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
     if variant.penalty.token_set == "random_matched" and counts is None:
       corpus = [f"{p.problem}\n{p.solution}" for ps in problems.values() for p in ps]
       counts = token_counts(tok, corpus, reference.config.vocab_size)
-    policy, kv_bits = _policy(variant, reference, cfg, mesh)
+    policy, kv_bits = _policy(variant, reference, cfg, mesh, quant_cache)
     penalty = _penalty(variant.penalty, tok, counts)
     ref = (reference.model, reference.params) if cfg.reference and variant.quantized else None
     _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers)
@@ -96,7 +98,7 @@ def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
   return done
 
 
-def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
+def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cache: QuantCache):
   """`((model, params), kv_bits)` of the model a variant generates with."""
   if variant.checkpoint is not None:
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
@@ -106,9 +108,8 @@ def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh):
     return (reference.model, reference.params), None
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
-  model, params, _ = quantize(reference.config, reference.params, spec, tokenizer=tokenizer,
-                              mesh=mesh)
-  return (model, params), spec.kv_bits
+  policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)
+  return policy, spec.kv_bits
 
 
 def _penalty(spec: PenaltySpec, tok, counts: np.ndarray | None) -> MarkerPenalty:
@@ -129,22 +130,22 @@ def _row_seed(seed: int, item: WorkItem) -> int:
 
 
 def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, mesh, markers):
+  """Every item of `todo` through one request queue (`cfg.batch_size` decode slots); each
+  response is graded and appended as soon as it finishes."""
   s = cfg.sampling
-  sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+  engine = Engine(policy, slots=padded_batch_size(cfg.batch_size, mesh),
+                  max_new_tokens=s.max_new_tokens,
+                  sampling=Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p),
+                  penalty=penalty, reference=ref, mesh=mesh, kv_bits=kv_bits)
+  requests = [Request(it.prompt, s.max_new_tokens, _row_seed(s.seed, it)) for it in todo]
   bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
-  generated, started = 0, time.perf_counter()
-  for start in range(0, len(todo), cfg.batch_size):
-    batch = todo[start:start + cfg.batch_size]
-    result = generate(policy, [list(it.prompt) for it in batch], max_new_tokens=s.max_new_tokens,
-                      sampling=sampling, penalty=penalty, reference=ref,
-                      seed=np.asarray([_row_seed(s.seed, it) for it in batch]), mesh=mesh,
-                      kv_bits=kv_bits)
-    rows, buffers = zip(*(_grade_row(run, variant, it, result, r, tok, markers)
-                          for r, it in enumerate(batch)))
-    run.append(rows, buffers)
-    generated += int(result.lengths.sum())
-    bar.update(len(batch))
-    bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - started):.0f}")
+  generated = 0
+  for i, result in engine.stream(requests):
+    row, buffers = _grade_row(run, variant, todo[i], result, 0, tok, markers)
+    run.append([row], [buffers])
+    generated += int(result.lengths[0])
+    bar.update(1)
+    bar.set_postfix(tok_s=f"{generated / max(engine.stats.seconds, 1e-9):.0f}")
   bar.close()
 
 

@@ -1,4 +1,14 @@
-"""Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache."""
+"""Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache.
+
+Two ways to attend over a cache (`Decoder.decode_attention`, static):
+  chunked  (default) an online-softmax loop over chunks of `attention_chunk` slots that stops at
+           the highest slot any active row has written, so a decode step's cost follows the
+           written length, not the allocated one (a 32K-token budget costs nothing until it is
+           used), and a chunked teacher-forced pass never holds `[queries, all slots]` scores.
+  dense    every allocated slot, masked: the simple reference.
+Quantized caches are read as integers: key scales multiply the scores and value scales the
+probabilities, so no float copy of the cache is made.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +24,71 @@ from jaxthink.models.kv_cache import LayerKV
 from jaxthink.models.layers import Linear, RMSNorm, _rule
 from jaxthink.models.rope import apply_rope
 
+ATTENTION_CHUNK = 512  # slots per step of the chunked loop
+_MASKED = float(np.finfo(np.float32).min)  # finite: fully-masked rows stay finite, not NaN
+
+
+def _scores(q: jax.Array, k: jax.Array, k_scale: jax.Array | None, dtype) -> jax.Array:
+  """`q` `[b, t, kv, g, d]` · `k` `[b, kv, s, d]` -> `[b, kv, g, t, s]` float32, scaled."""
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(dtype), preferred_element_type=jnp.float32)
+  if k_scale is not None:
+    scores = scores * k_scale[:, :, None, None, :]
+  return scores / np.sqrt(q.shape[-1]).astype(np.float32)
+
+
+def _mix(probs: jax.Array, v: jax.Array, v_scale: jax.Array | None, dtype) -> jax.Array:
+  """`probs` `[b, kv, g, t, s]` · `v` `[b, kv, s, d]` -> `[b, kv, g, t, d]` float32."""
+  if v_scale is not None:
+    probs = probs * v_scale[:, :, None, None, :]
+  # Heads-major output keeps this a plain batched matmul (a `btkgd` output makes XLA:CPU fall
+  # back from its fast dot library).
+  return jnp.einsum("bkgts,bksd->bkgtd", probs.astype(dtype), v.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def dense_attention(q: jax.Array, kv: LayerKV, allowed: jax.Array, dtype) -> jax.Array:
+  """Softmax attention of `q` `[b, t, kv, g, d]` over every slot of `kv`, where `allowed`
+  `[b, t, s]`; returns `[b, kv, g, t, d]` float32."""
+  scores = jnp.where(allowed[:, None, None], _scores(q, kv.k, kv.k_scale, dtype), _MASKED)
+  return _mix(jax.nn.softmax(scores, axis=-1), kv.v, kv.v_scale, dtype)
+
+
+def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, limit: jax.Array,
+                      dtype, chunk: int = ATTENTION_CHUNK) -> jax.Array:
+  """Attention of each query over slots `0 .. its query_slot`, visiting only the chunks at or
+  below `limit` (the highest `query_slot` of the rows that matter): flash-style online softmax.
+
+  Args:
+    q: `[b, t, kv, g, d]`.
+    kv: the layer's cache, `max_len` slots (any length; the last chunk may overlap the one before,
+      its repeated slots are masked).
+    query_slot: `[b, t]` int32. limit: `[]` int32.
+
+  Returns:
+    `[b, kv, g, t, d]` float32.
+  """
+  b, t, heads, groups, d = q.shape
+  max_len = kv.k.shape[2]
+  chunk = min(chunk, max_len)
+
+  def visit(c, carry):
+    best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
+    start = jnp.minimum(c * chunk, max_len - chunk)
+    cut = lambda x: None if x is None else jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=2)
+    slot = start + jnp.arange(chunk)
+    ok = (slot >= c * chunk) & (slot <= query_slot[..., None])  # [b, t, chunk]
+    scores = jnp.where(ok[:, None, None], _scores(q, cut(kv.k), cut(kv.k_scale), dtype), _MASKED)
+    new_best = jnp.maximum(best, scores.max(-1))
+    rescale = jnp.exp(best - new_best)
+    probs = jnp.exp(scores - new_best[..., None])
+    return (new_best, total * rescale + probs.sum(-1),
+            acc * rescale[..., None] + _mix(probs, cut(kv.v), cut(kv.v_scale), dtype))
+
+  init = (jnp.full((b, heads, groups, t), _MASKED), jnp.zeros((b, heads, groups, t)),
+          jnp.zeros((b, heads, groups, t, d)))
+  _, total, acc = jax.lax.fori_loop(0, limit // chunk + 1, visit, init)
+  return acc / total[..., None]
+
 
 class Attention(nn.Module):
   config: ModelConfig
@@ -21,18 +96,22 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   quant: Any = None
+  decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array,
-               kv: LayerKV | None, index: jax.Array | None):
+  def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array | None,
+               kv: LayerKV | None, starts: jax.Array | None, limit: jax.Array | None):
     """One attention layer.
 
     Args:
       x: `[batch, seq, hidden]`.
       positions: `[batch, seq]` rotary positions.
-      allowed: `[batch, seq, keys]` bool, which keys each query may attend to.
+      allowed: without a cache, `[batch, seq, seq]` bool: which keys each query may attend to.
       kv: this layer's cache (`LayerKV`, `[batch, kv_heads, max_len, head_dim]`), or None.
-      index: `[]` slot where this call's keys are written (with `kv`).
+      starts: with `kv`, `[batch]` the slot where each row's first new token goes; the row's
+        queries attend to every slot up to their own.
+      limit: with `kv`, `[]` the highest query slot among the rows that matter (chunked loop).
 
     Returns:
       `[batch, seq, hidden]` and the updated `LayerKV` (None without a cache).
@@ -52,22 +131,18 @@ class Attention(nn.Module):
       k = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="k_norm")(k)
     q = apply_rope(q, positions, self.inv_freq)
     k = apply_rope(k, positions, self.inv_freq)
+    q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
 
-    if kv is not None:  # attend over every cached slot (quantized on write, dequantized here)
-      kv = kv.write(k, v, index)
-      k, v = kv.read(self.dtype)  # [batch, kv_heads, max_len, head_dim]
-    else:
-      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-
-    groups = cfg.num_heads // cfg.num_kv_heads
-    q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(self.dtype),
-                        preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim).astype(np.float32)
-    # A finite minimum keeps fully-masked rows (left padding) finite instead of NaN.
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    # Heads-major output keeps this a plain batched matmul (a `btkgd` output makes XLA:CPU fall
-    # back from its fast dot library); moving `t` forward afterwards is a small transpose.
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(self.dtype))
-    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * cfg.head_dim)
+    if kv is None:
+      out = dense_attention(q, LayerKV(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)), allowed,
+                            self.dtype)
+    else:  # written first (quantized on write), so attention sees what the cache holds
+      kv = kv.write(k, v, starts)
+      query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
+      if self.decode_attention == "chunked":
+        out = chunked_attention(q, kv, query_slot, limit, self.dtype, self.attention_chunk)
+      else:
+        key_slot = jnp.arange(kv.k.shape[2])
+        out = dense_attention(q, kv, key_slot[None, None] <= query_slot[..., None], self.dtype)
+    out = out.astype(self.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * cfg.head_dim)
     return linear("o_proj", cfg.hidden_size, cfg.o_bias)(out), kv

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxthink.models.attention import Attention
+from jaxthink.models.attention import ATTENTION_CHUNK, Attention
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.kv_cache import KVCache
 from jaxthink.models.layers import MLP, Linear, RMSNorm
@@ -25,14 +25,16 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   quant: Any = None
+  decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
-  def __call__(self, x, positions, allowed, kv, index):
+  def __call__(self, x, positions, allowed, kv, starts, limit):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)
     attn_out, kv = Attention(cfg, self.inv_freq, self.dtype, self.param_dtype, self.quant,
-                             name="self_attn")(norm("input_layernorm")(x), positions, allowed, kv,
-                                               index)
+                             self.decode_attention, self.attention_chunk, name="self_attn")(
+                                 norm("input_layernorm")(x), positions, allowed, kv, starts, limit)
     x = x + attn_out
     x = x + MLP(cfg.intermediate_size, cfg.mlp_bias, self.dtype, self.param_dtype, self.quant,
                 name="mlp")(norm("post_attention_layernorm")(x))
@@ -47,12 +49,17 @@ class Decoder(nn.Module):
     dtype: compute dtype of activations (float32 or bfloat16).
     param_dtype: dtype parameters are created in by `init`.
     quant: quantization rules (`jaxthink.quant`) with `.for_layer(name)`, or None for float.
+    decode_attention: "chunked" (cost follows the written length) or "dense" (every allocated
+      slot) for one-token steps over a cache (`jaxthink.models.attention`).
+    attention_chunk: slots per step of the chunked attention loop.
   """
 
   config: ModelConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   quant: Any = None
+  decode_attention: str = "chunked"
+  attention_chunk: int = ATTENTION_CHUNK
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
@@ -63,26 +70,27 @@ class Decoder(nn.Module):
     Args:
       tokens: `[batch, seq]` int32 token ids.
       positions: `[batch, seq]` int32 rotary positions (0 at each row's first real token).
-      token_mask: `[batch, seq]` bool, False at padding.
-      kv_cache: None for a full-sequence pass; else the cache, whose `index` is the slot where
-        `tokens[:, 0]` goes.
-      last_only: compute logits for the last position only (prefill needs no others; at long
-        prompts the `[batch, seq, vocab]` logits would dominate memory).
+      token_mask: `[batch, seq]` bool, False at padding. With a cache, rows are right-padded
+        (real tokens first) and only real tokens advance a row's length; a row with no real token
+        (a finished row of a decode batch) changes nothing that is read later.
+      kv_cache: None for a full-sequence pass; else the cache, each row's new tokens written from
+        its `lengths[b]` on (their positions should equal those slots).
+      last_only: compute logits at each row's last real token only (prefill needs no others; at
+        long prompts the `[batch, seq, vocab]` logits would dominate memory).
 
     Returns:
       logits `[batch, seq, vocab]` (`[batch, 1, vocab]` with `last_only`) float32, and the cache
-      advanced by `seq` slots (or None).
+      with each row advanced by its real tokens (or None).
     """
     cfg = self.config
     t = tokens.shape[1]
+    causal = jnp.arange(t)[None, :, None] >= jnp.arange(t)[None, None, :]
     if kv_cache is None:
-      key_mask, query_slot, index = token_mask, jnp.arange(t), None
+      allowed, starts, limit = token_mask[:, None, :] & causal, None, None
     else:
-      index = kv_cache.index
-      key_mask = jax.lax.dynamic_update_slice(kv_cache.mask, token_mask, (0, index))
-      query_slot = index + jnp.arange(t)
-    key_slot = jnp.arange(key_mask.shape[1])
-    allowed = key_mask[:, None, :] & (key_slot[None, None, :] <= query_slot[None, :, None])
+      allowed, starts = None, kv_cache.lengths
+      # The chunked attention loop runs up to the highest slot a real token is written to.
+      limit = jnp.max(jnp.where(token_mask, starts[:, None] + jnp.arange(t), 0))
 
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="embed_tokens")
@@ -92,10 +100,12 @@ class Decoder(nn.Module):
     for i in range(cfg.num_layers):
       kv = None if kv_cache is None else kv_cache.layers[i]
       x, kv = Block(cfg, inv_freq, self.dtype, self.param_dtype, self.quant,
-                    name=f"layers_{i}")(x, positions, allowed, kv, index)
+                    self.decode_attention, self.attention_chunk, name=f"layers_{i}")(
+                        x, positions, allowed, kv, starts, limit)
       new_layers.append(kv)
-    if last_only:
-      x = x[:, -1:]
+    if last_only:  # each row's last real token (right- or left-padded)
+      last = jnp.max(jnp.where(token_mask, jnp.arange(t), 0), axis=1)
+      x = jnp.take_along_axis(x, last[:, None, None], axis=1)
     x = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
     if cfg.tie_word_embeddings:
       logits = embed.attend(x)
@@ -105,7 +115,8 @@ class Decoder(nn.Module):
     logits = logits.astype(jnp.float32)
     if kv_cache is None:
       return logits, None
-    return logits, KVCache(layers=tuple(new_layers), mask=key_mask, index=index + t)
+    return logits, KVCache(layers=tuple(new_layers),
+                           lengths=starts + jnp.sum(token_mask, axis=1, dtype=jnp.int32))
 
 
 def positions_from_mask(token_mask: jax.Array) -> jax.Array:

@@ -1,8 +1,14 @@
-"""The key/value cache of the decoder: fixed-size buffers written at a moving slot index.
+"""The key/value cache of the decoder: per-row buffers, each row written at its own length.
+
+Row `b` holds its tokens at slots `0 .. lengths[b] - 1` with no holes (prompts are right-padded
+and a row's slot equals its rotary position), so a row's valid keys are exactly a prefix: what
+continuous batching needs (each decode slot is at its own length) and what ragged / paged
+attention kernels take (per-row lengths, no mask).
 
 Optionally quantized (`kv_bits` 8 or 4, the KV8 / KV4 of W8A8KV8 and W4A4KV4): symmetric, one
-float32 scale per token and kv head kept beside the integer values; keys and values are quantized
-when written and dequantized when read, so attention sees exactly what a quantized cache holds.
+float32 scale per token and kv head kept beside the integer values. Keys and values are quantized
+when written; attention reads the integers and applies the scales to the scores and
+probabilities (`jaxthink.models.attention`), so no float copy of the cache is made.
 """
 
 from __future__ import annotations
@@ -14,13 +20,19 @@ import jax.numpy as jnp
 from jaxthink.models.config import ModelConfig
 
 KV_BITS = (None, 8, 4)
-_STORAGE = {8: jnp.int8, 4: jnp.int4}
+
+
+def _storage(bits: int):
+  """The integer type holding `bits`-bit values. XLA:CPU handles packed int4 slowly (a one-token
+  update rewrites the whole buffer: ~200 ms per layer at 8K slots), so on CPU 4-bit values live
+  in int8; accelerators store them packed."""
+  return jnp.int8 if bits == 8 or jax.default_backend() == "cpu" else jnp.int4
 
 
 def quantize_kv(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
   """Symmetric per-vector quantization of `x` `[..., head_dim]`.
 
-  Returns integers in `[-(2**(bits-1) - 1), 2**(bits-1) - 1]` (int8 or int4 storage) and the
+  Returns integers in `[-(2**(bits-1) - 1), 2**(bits-1) - 1]` (`_storage(bits)`) and the
   scale `[...]` float32, with `x ≈ q * scale`.
   """
   qmax = 2 ** (bits - 1) - 1
@@ -28,7 +40,7 @@ def quantize_kv(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
   scale = jnp.max(jnp.abs(x32), axis=-1) / qmax
   safe = jnp.where(scale > 0, scale, 1.0)  # all-zero vectors stay zero
   q = jnp.clip(jnp.round(x32 / safe[..., None]), -qmax, qmax)
-  return q.astype(_STORAGE[bits]), scale
+  return q.astype(_storage(bits)), scale
 
 
 def dequantize_kv(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
@@ -40,7 +52,7 @@ class LayerKV:
   """One layer's cached keys and values.
 
   Heads before slots (`[batch, kv_heads, max_len, head_dim]`): attention contracts over slots per
-  (batch, head), so this layout feeds the matmuls without transposing the whole cache each step.
+  (batch, head), so this layout feeds the matmuls without transposing the cache each step.
   Float caches keep `k`/`v` in the cache dtype and no scales; quantized ones keep int8 / int4
   values and float32 scales `[batch, kv_heads, max_len]`.
   """
@@ -49,44 +61,34 @@ class LayerKV:
   v: jax.Array  # [batch, kv_heads, max_len, head_dim]
   k_scale: jax.Array | None = None  # [batch, kv_heads, max_len]
   v_scale: jax.Array | None = None
+  bits: int | None = flax.struct.field(pytree_node=False, default=None)  # None: a float cache
 
-  @property
-  def bits(self) -> int | None:
-    return {jnp.dtype(jnp.int8): 8, jnp.dtype(jnp.int4): 4}.get(jnp.dtype(self.k.dtype))
+  def write(self, k: jax.Array, v: jax.Array, starts: jax.Array) -> "LayerKV":
+    """Stores `k`, `v` `[batch, seq, kv_heads, head_dim]` at slots `starts[b] .. + seq - 1` of
+    each row `b` (`starts` `[batch]` int32)."""
+    def put(buf, x):  # x: [batch, kv_heads, seq, ...] into buf rows at their own offsets
+      row = lambda b, xb, s: jax.lax.dynamic_update_slice(b, xb, (0, s) + (0,) * (b.ndim - 2))
+      return jax.vmap(row)(buf, x.astype(buf.dtype), starts)
 
-  def write(self, k: jax.Array, v: jax.Array, index: jax.Array) -> "LayerKV":
-    """Stores `k`, `v` `[batch, seq, kv_heads, head_dim]` at slots `index .. index + seq - 1`."""
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x, (0, 0, index) + (0,) * (buf.ndim - 3))
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # the new tokens only
     if self.bits is None:
-      return LayerKV(put(self.k, k.astype(self.k.dtype)), put(self.v, v.astype(self.v.dtype)))
+      return LayerKV(put(self.k, k), put(self.v, v))
     qk, sk = quantize_kv(k, self.bits)
     qv, sv = quantize_kv(v, self.bits)
-    return LayerKV(put(self.k, qk), put(self.v, qv), put(self.k_scale, sk), put(self.v_scale, sv))
-
-  def read(self, dtype) -> tuple[jax.Array, jax.Array]:
-    """All `max_len` keys and values `[batch, kv_heads, max_len, head_dim]` in `dtype`
-    (dequantized for a quantized cache)."""
-    if self.bits is None:
-      return self.k.astype(dtype), self.v.astype(dtype)
-    return dequantize_kv(self.k, self.k_scale, dtype), dequantize_kv(self.v, self.v_scale, dtype)
+    return LayerKV(put(self.k, qk), put(self.v, qv), put(self.k_scale, sk), put(self.v_scale, sv),
+                   self.bits)
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer for `max_len` slots.
-
-  All rows write the same slot at a step (prompts are left-padded to a common length), so one
-  scalar `index` serves the batch; `mask` marks which slots hold real (non-pad) tokens.
-  """
+  """Keys and values of every layer for `max_len` slots per row, and how many each row holds."""
 
   layers: tuple[LayerKV, ...]
-  mask: jax.Array  # [batch, max_len] bool
-  index: jax.Array  # [] int32, the next slot to write
+  lengths: jax.Array  # [batch] int32, slots written per row (also the next token's position)
 
   @property
   def max_len(self) -> int:
-    return self.mask.shape[1]
+    return self.layers[0].k.shape[2]
 
   @property
   def bits(self) -> int | None:
@@ -109,20 +111,29 @@ def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.bfloa
     if kv_bits is None:
       return LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     scales = lambda: jnp.zeros(shape[:3], jnp.float32)  # [batch, kv_heads, max_len]
-    store = _STORAGE[kv_bits]
-    return LayerKV(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales())
+    store = _storage(kv_bits)
+    return LayerKV(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales(), kv_bits)
 
   return KVCache(layers=tuple(layer() for _ in range(config.num_layers)),
-                 mask=jnp.zeros((batch, max_len), jnp.bool_), index=jnp.zeros((), jnp.int32))
+                 lengths=jnp.zeros((batch,), jnp.int32))
 
 
-def extend_kv_cache(cache: KVCache, extra: int) -> KVCache:
-  """The cache with `extra` empty slots appended (prefill runs on a prompt-sized cache so its
-  attention spans only the prompt; decoding then needs room for the new tokens)."""
-  def pad(x, axis):  # appends `extra` zeros along the slot axis
-    return None if x is None else jnp.pad(
-        x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+def insert_rows(cache: KVCache, new: KVCache, rows: jax.Array) -> KVCache:
+  """`cache` with rows `rows` `[n]` replaced by the `n` rows of `new` (a shorter cache, e.g. a
+  prefill's): slots `0 .. new.max_len - 1` are overwritten and each row's length is `new`'s.
+  Slots past that keep stale values, unread since they lie beyond the row's length. Rows
+  `>= cache batch` are dropped (padding of a bucketed prefill batch)."""
+  n = new.max_len
 
-  layers = tuple(LayerKV(pad(l.k, 2), pad(l.v, 2), pad(l.k_scale, 2), pad(l.v_scale, 2))
-                 for l in cache.layers)
-  return KVCache(layers=layers, mask=pad(cache.mask, 1), index=cache.index)
+  def put(buf, x):
+    return None if buf is None else buf.at[rows, :, :n].set(x.astype(buf.dtype), mode="drop")
+
+  layers = tuple(LayerKV(*(put(getattr(old, f), getattr(l, f)) for f in ("k", "v", "k_scale",
+                                                                           "v_scale")), old.bits)
+                 for old, l in zip(cache.layers, new.layers))
+  return KVCache(layers=layers, lengths=cache.lengths.at[rows].set(new.lengths, mode="drop"))
+
+
+def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+  """The cache of rows `rows` `[n]` only (e.g. compacting a batch whose other rows are done)."""
+  return jax.tree.map(lambda x: x[rows], cache)

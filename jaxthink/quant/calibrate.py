@@ -184,7 +184,7 @@ def _block_inputs(config: ModelConfig, dtype: str):
     allowed = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, t, t))
     with nn.intercept_methods(capture):
       (y, _), state = block.apply({"params": params}, x.astype(dtype), positions, allowed, None,
-                                  None, mutable=["intermediates"])
+                                  None, None, mutable=["intermediates"])
     found = state["intermediates"]
     inputs = {key: found[scope][name]["input"][0]
               for scope in ("self_attn", "mlp") for name, key in _CAPTURED.items()
