@@ -2,12 +2,15 @@
 
 `load_config(EvalConfig, "configs/x.yaml", ["sampling.temperature=0"])` reads the file, applies
 `--set`-style overrides, and builds the dataclass tree. Unknown keys, wrong types and bad choices
-fail with the key's full name and the valid options.
+fail with the key's full name and the valid options. Fields declared with `path_field` that a YAML
+file sets to a relative path are taken relative to that file's folder (so a config works from any
+working directory); `--set` values stay relative to the working directory, as a shell user expects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+_PATH = "jaxthink.path"  # dataclass field metadata: the field is a path (value: non-path keywords)
 
 
 class ConfigError(ValueError):
@@ -27,14 +31,24 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
   return _convert(cls, data, where or cls.__name__)
 
 
+def path_field(default: Any = dataclasses.MISSING, keywords: tuple[str, ...] = ()) -> Any:
+  """A dataclass field holding a file or folder path (no default: required); `keywords` are
+  values that are not paths (e.g. `embedded`)."""
+  return dataclasses.field(default=default, metadata={_PATH: keywords})
+
+
 def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
-  """Reads a YAML file (optionally composed from a base, see `read_yaml`) into `cls`."""
-  return from_dict(cls, apply_overrides(read_yaml(path), overrides), where="")
+  """Reads a YAML file (optionally composed from a base, see `read_yaml`) into `cls`; relative
+  `path_field`s resolve against the folder of the file that sets them."""
+  data = read_yaml(path, paths_of=cls)
+  return from_dict(cls, apply_overrides(data, overrides), where="")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, paths_of: type | None = None) -> dict[str, Any]:
   """Parses a YAML mapping. A top-level `base: other.yaml` (relative to this file) is read first
-  and this file's keys are merged over it, recursively, so a config can be a small override."""
+  and this file's keys are merged over it, recursively, so a config can be a small override.
+  With `paths_of` (a dataclass), its relative `path_field`s in each file become absolute paths
+  under that file's folder."""
   path = Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} not found.")
@@ -45,9 +59,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
   if not isinstance(data, dict):
     raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}.")
   base = data.pop("base", None)
+  if paths_of is not None:
+    data = _resolve_paths(paths_of, data, path.resolve().parent)
   if base is None:
     return data
-  return merge(read_yaml(path.parent / base), data)
+  return merge(read_yaml(path.parent / base, paths_of), data)
+
+
+def _resolve_paths(tp: Any, value: Any, folder: Path) -> Any:
+  """`value` (raw YAML data for type `tp`) with relative `path_field`s joined to `folder`; builds
+  new containers (YAML aliases share objects between keys)."""
+  if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+    hints = typing.get_type_hints(tp)
+    out = dict(value)
+    for field in dataclasses.fields(tp):
+      if field.name not in value:
+        continue
+      keywords = field.metadata.get(_PATH)
+      item = value[field.name]
+      if keywords is None:
+        out[field.name] = _resolve_paths(hints[field.name], item, folder)
+      elif (isinstance(item, str) and item not in keywords
+            and not Path(item).expanduser().is_absolute()):
+        out[field.name] = os.path.normpath(folder / item)
+    return out
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    for arg in args:
+      if dataclasses.is_dataclass(arg):
+        return _resolve_paths(arg, value, folder)
+  if origin in (tuple, list, Sequence, typing.Sequence) and args and isinstance(value, list):
+    return [_resolve_paths(args[0], v, folder) for v in value]
+  return value
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 
 import jax.numpy as jnp
 
-from jaxthink.config import ConfigError, load_config
+from jaxthink.config import ConfigError, load_config, path_field
 from jaxthink.models.config import CheckpointError
 from jaxthink.models.pretrained import load_pretrained
 from jaxthink.decode.mesh import MeshConfig, mesh_from_config
@@ -27,8 +27,8 @@ from jaxthink.quant import QuantConfigError, QuantSpec, quantize, save_quantized
 class QuantizeConfig:
   """What `python -m jaxthink.quantize` reads."""
 
-  model: str  # local Hugging Face model directory
-  output: str  # directory for the quantized checkpoint
+  model: str = path_field()  # local Hugging Face model directory (relative to the config file)
+  output: str  # directory for the quantized checkpoint (relative to the working directory)
   quant: QuantSpec = QuantSpec()
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
   mesh: MeshConfig | None = None

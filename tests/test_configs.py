@@ -152,7 +152,7 @@ def test_study_grid_is_complete():
   for path in STUDY_RUNS:
     cfg = load_config(EvalConfig, path)
     assert cfg.benchmarks == (path.stem,)
-    assert cfg.model.path == f"checkpoints/{path.parent.name}"
+    assert cfg.model.directory == REPO / "checkpoints" / path.parent.name  # relative to the file
     s = cfg.sampling
     assert (s.temperature, s.top_p) == (0.6, 0.95)
     assert s.samples_per_problem == (4 if path.stem in ("aime24", "aime25", "amc23") else 1)

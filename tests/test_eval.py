@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
   texts += [json.loads(line)["question"] for line in (DATA / "gsm8k" / "test.jsonl").open()][:50]
   tok = train_tokenizer(texts, 512, path)
   make_hf_model(path, "qwen2", vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id)
+                pad_token_id=tok.pad_token_id, max_position_embeddings=1024)  # AIME prompts: 353
   return path
 
 

@@ -164,8 +164,8 @@ def jsonl_path(name: str, data_dir: str | Path, split: str = "test") -> Path:
 def read_problems(name: str, data_dir: str | Path, split: str = "test") -> list[Problem]:
   """Parse one benchmark split straight from its JSONL file (no tfds), in file order.
 
-  Blank lines are skipped; a line that is not a JSON object or lacks a field raises
-  ``BenchmarkDataError`` naming the file, the 1-based line number and the field.
+  Blank lines are skipped; a line that is not a JSON object, lacks a field or has an empty problem
+  text raises ``BenchmarkDataError`` naming the file, the 1-based line number and the field.
   """
   spec = _spec(name, split)
   path = jsonl_path(name, data_dir, split)
@@ -181,7 +181,10 @@ def read_problems(name: str, data_dir: str | Path, split: str = "test") -> list[
         raise BenchmarkDataError(f"{where}: not valid JSON ({error.msg})") from None
       if not isinstance(row, dict):
         raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      problems.append(spec.parse_row(row, split, len(problems), where))
+      problem = spec.parse_row(row, split, len(problems), where)
+      if not problem.problem.strip():
+        raise BenchmarkDataError(f"{where}: the problem text is empty")
+      problems.append(problem)
   if len({p.id for p in problems}) != len(problems):
     raise BenchmarkDataError(f"{path}: problem ids are not unique")
   return problems

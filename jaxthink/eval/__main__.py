@@ -1,4 +1,6 @@
-"""`python -m jaxthink.eval --config configs/<name>.yaml [--set key=value ...]`"""
+"""`python -m jaxthink.eval --config configs/<name>.yaml [--set key=value ...] [--repair]`
+
+Exit status 2 with `config error: <key>: ...` for any input problem, before a model loads."""
 
 from __future__ import annotations
 
@@ -19,16 +21,19 @@ def main(argv=None) -> int:
   parser.add_argument("--config", required=True, help="YAML file (see configs/)")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. --set sampling.max_new_tokens=256")
+  parser.add_argument("--repair", action="store_true", help=(
+      "move unreadable lines of the run's results.jsonl to results.rejected.jsonl and generate "
+      "those responses again"))
   args = parser.parse_args(argv)
   try:
     cfg = load_config(EvalConfig, args.config, args.overrides)
     cfg.check_files()
-    import jax  # noqa: PLC0415 (after validation)
+    import jax  # noqa: PLC0415 (after the cheap checks)
     # Compiled programs persist across runs (a resumed or repeated run skips compilation).
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "JAXTHINK_COMPILATION_CACHE", str(Path.home() / ".cache" / "jaxthink" / "xla")))
     from jaxthink.eval.runner import evaluate  # noqa: PLC0415
-    files = evaluate(cfg)
+    files = evaluate(cfg, repair=args.repair)
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from jaxthink.config import ConfigError
+from jaxthink.config import ConfigError, path_field
 from jaxthink.decode.mesh import MeshConfig
 from jaxthink.eval.variants import expand_strength_grids, resolve_control_sources
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
@@ -33,7 +33,7 @@ class ModelSpec:
   """`path`: a local HF model directory, or `embedded` for the committed tiny model.
   `dtype`: parameter and compute dtype of the full-precision model."""
 
-  path: str = EMBEDDED
+  path: str = path_field(EMBEDDED, keywords=(EMBEDDED,))
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
 
   @property
@@ -63,7 +63,7 @@ class PenaltySpec:
   strength: float | tuple[float, ...] = 0.0
   entropy_threshold: float = 0.0
   token_set: Literal["markers", "high_kl", "low_kl", "random_neither", "random_matched"] = "markers"
-  markers: str | None = None
+  markers: str | None = path_field(None)
   source: str | None = None
   set_size: int | None = None
   min_count: int = 50
@@ -82,7 +82,7 @@ class Variant:
 
   name: str
   quant: QuantSpec | None = None
-  checkpoint: str | None = None
+  checkpoint: str | None = path_field(None)
   penalty: PenaltySpec = PenaltySpec()
   compare_to: str | None = None
   strength_grid: str | None = None
@@ -105,6 +105,17 @@ class SamplingSpec:
   samples_per_problem: int = 1
   seed: int = 0
 
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ConfigError(f"sampling.temperature: {self.temperature} must be >= 0 (0 is greedy).")
+    if not 0 < self.top_p <= 1:
+      raise ConfigError(f"sampling.top_p: {self.top_p} must be in (0, 1] (1 keeps every token).")
+    if self.top_k < 0:
+      raise ConfigError(f"sampling.top_k: {self.top_k} must be >= 0 (0 keeps every token).")
+    for name in ("max_new_tokens", "samples_per_problem"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"sampling.{name}: {getattr(self, name)} must be >= 1.")
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptSpec:
@@ -126,7 +137,9 @@ class EvalConfig:
     every quantized variant: `score` (or true) by a teacher-forced pass of both models over each
     batch of finished responses (the faster), `codecode` by running the full-precision model
     inside every decode step; false: not at all.
-  output_dir: the run directory; a re-run with the same config resumes there.
+  output_dir: the run directory; a re-run with the same config resumes there (see
+    `jaxthink.eval.run_dir`). Relative to the working directory; every other path in a config
+    file is relative to that file.
   tpu: the accelerator type the mesh is sized for (e.g. `v4-32`), checked by `jaxthink.sizing`;
     informational at run time.
   """
@@ -134,7 +147,7 @@ class EvalConfig:
   model: ModelSpec
   variants: tuple[Variant, ...]
   benchmarks: tuple[str, ...] = ("math500",)
-  data_dir: str = "../shared/data"
+  data_dir: str = path_field("../shared/data", keywords=(EMBEDDED,))
   limit: int | None = None
   prompt: PromptSpec = PromptSpec()
   sampling: SamplingSpec = SamplingSpec()
@@ -159,13 +172,24 @@ class EvalConfig:
         raise ConfigError(f"variants.{v.name}: give `quant` (quantize on the fly) or `checkpoint` "
                           "(load a quantized model), not both.")
     object.__setattr__(self, "variants", resolve_control_sources(self.variants, self.reference))
-    if self.batch_size < 1 or self.sampling.max_new_tokens < 1 or self.sampling.samples_per_problem < 1:
-      raise ConfigError("batch_size, sampling.max_new_tokens and sampling.samples_per_problem must "
-                        "be >= 1.")
+    if self.batch_size < 1:
+      raise ConfigError(f"batch_size: {self.batch_size} must be >= 1.")
+    if self.limit is not None and self.limit < 1:
+      raise ConfigError(f"limit: {self.limit} must be >= 1 (the first `limit` problems of each "
+                        "benchmark), or null for all of them.")
 
   @property
   def data_directory(self) -> Path:
     return EMBEDDED_DATA_DIR if self.data_dir == EMBEDDED else Path(self.data_dir).expanduser()
+
+  def quant_spec(self, variant: Variant) -> QuantSpec | None:
+    """The variant's on-the-fly recipe; GSM8K calibration reads the run's data_dir unless the
+    recipe names its own."""
+    spec = variant.quant
+    if spec is None or spec.calibration.source != "gsm8k" or spec.calibration.data_dir is not None:
+      return spec
+    return dataclasses.replace(spec, calibration=dataclasses.replace(
+        spec.calibration, data_dir=str(self.data_directory)))
 
   def check_files(self) -> None:
     """Every file the run reads exists: fails before any model loads."""

@@ -27,8 +27,9 @@ from jaxthink.eval.config import EvalConfig, Variant
 from jaxthink.eval.penalty_report import TokenAnalysis
 from jaxthink.eval.run_dir import RunDir, response_key
 from jaxthink.eval.token_sets import variant_penalty
+from jaxthink.eval.validate import check_mesh, prompt_tokens, validate
 from jaxthink.grading import analyze_response, failure_bucket, grade
-from jaxthink.models import Pretrained, load_pretrained, reasoning_prompt
+from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
 from jaxthink.quant import load_quantized
 from jaxthink.quant.cache import QuantCache, default_cache_dir
@@ -52,18 +53,23 @@ class WorkItem:
     return response_key(variant, self.benchmark, self.index, self.sample)
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Path]:
-  """Runs (or resumes) `cfg`; returns the written report files."""
-  cfg.check_files()
+def evaluate(cfg: EvalConfig, repair: bool = False) -> dict[str, Path]:
+  """Runs (or resumes) `cfg` holding the run directory's lock, after `validate`; returns the
+  written report files. `repair`: see `RunDir`."""
+  check_mesh(cfg.mesh)  # starts jax.distributed if asked, before process_index
+  with RunDir(cfg.output_dir, cfg, writer=jax.process_index() == 0, repair=repair) as run:
+    validate(cfg)
+    return _evaluate(cfg, run)
+
+
+def _evaluate(cfg: EvalConfig, run: RunDir) -> dict[str, Path]:
   mesh = mesh_from_config(cfg.mesh)
-  run = RunDir(cfg.output_dir, cfg, writer=jax.process_index() == 0)
   reference = load_pretrained(cfg.model.directory, dtype=jnp.dtype(cfg.model.dtype), mesh=mesh)
+  run.start()
   tok = reference.tokenizer
   problems = {name: load_benchmark(name, cfg.data_directory, limit=cfg.limit)
               for name in cfg.benchmarks}
-  items = [WorkItem(name, i, s, p, tuple(tok.encode(
-               reasoning_prompt(tok, p.problem, cfg.prompt.instruction, cfg.prompt.think),
-               add_special_tokens=False)))
+  items = [WorkItem(name, i, s, p, prompt_tokens(tok, p.problem, cfg.prompt))
            for name, ps in problems.items() for i, p in enumerate(ps)
            for s in range(cfg.sampling.samples_per_problem)]
   done = _finished_keys(run, [it.key(v.name) for v in cfg.variants for it in items])
@@ -97,12 +103,9 @@ def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cach
   if variant.checkpoint is not None:
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
     return (quantized.model, quantized.params), spec.kv_bits
-  spec = variant.quant
+  spec = cfg.quant_spec(variant)
   if spec is None:
     return (reference.model, reference.params), None
-  if spec.calibration.source == "gsm8k" and spec.calibration.data_dir is None:
-    spec = dataclasses.replace(spec, calibration=dataclasses.replace(
-        spec.calibration, data_dir=str(cfg.data_directory)))
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
   policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)

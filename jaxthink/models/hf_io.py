@@ -71,21 +71,26 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
     hint = (f" Found {found}: convert PyTorch .bin weights to safetensors first "
             "(transformers: model.save_pretrained(dir, safe_serialization=True)).") if found else ""
     raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {path}.{hint}")
+  return {name: single for name in _header_shapes(single)}
+
+
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+  """`{tensor name: shape}` from a safetensors file's header (no tensor data is read)."""
   try:
-    with safe_open(single, framework="numpy") as f:
-      return {name: single for name in f.keys()}
+    with safe_open(file, framework="numpy") as f:
+      return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
   except SafetensorError as e:
-    raise CheckpointError(f"{single} is not a readable safetensors file: {e}") from e
+    raise CheckpointError(f"{file} is not a readable safetensors file ({e}): truncated or corrupt; "
+                          "download it again.") from e
 
 
-def load_params(path: str | Path, config: ModelConfig, dtype=jnp.bfloat16,
-                mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
-  """Loads the float parameters of `config` from the HF checkpoint at `path`, cast to `dtype`.
-
-  With a `mesh`, each parameter is created with its `sharding.param_spec` and each device reads only
-  its slice from disk.
-  """
+def check_checkpoint(path: str | Path, config: ModelConfig) -> dict[str, Path]:
+  """`checkpoint_files(path)` after checking, from the safetensors headers only, that every file is
+  whole and holds exactly the tensors (names and shapes) that `config` needs."""
   files = checkpoint_files(path)
+  shapes = {}
+  for file in sorted(set(files.values())):
+    shapes.update(_header_shapes(file))
   expected = param_shapes(config)
   names = {hf_name(p): p for p in expected}
   missing = sorted(n for n in names if n not in files)
@@ -99,6 +104,25 @@ def load_params(path: str | Path, config: ModelConfig, dtype=jnp.bfloat16,
     raise CheckpointError(f"checkpoint {path} has tensors {unexpected[:5]} that a "
                           f"{config.model_type} model with this config.json does not use; "
                           "is config.json from the same model?")
+  for name, p in names.items():
+    disk_shape, shape = shapes[name], tuple(expected[p].shape)
+    if (disk_shape[::-1] if is_transposed(p) else disk_shape) != shape:
+      want = shape[::-1] if is_transposed(p) else shape
+      raise CheckpointError(f"tensor {name} in {files[name].name} has shape {disk_shape}, but "
+                            f"config.json implies {want}.")
+  return files
+
+
+def load_params(path: str | Path, config: ModelConfig, dtype=jnp.bfloat16,
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """Loads the float parameters of `config` from the HF checkpoint at `path`, cast to `dtype`.
+
+  With a `mesh`, each parameter is created with its `sharding.param_spec` and each device reads only
+  its slice from disk.
+  """
+  files = check_checkpoint(path, config)
+  expected = param_shapes(config)
+  names = {hf_name(p): p for p in expected}
   params = {}
   for name, p in names.items():
     params[p] = _load_tensor(files[name], name, p, expected[p].shape, dtype, mesh)
@@ -107,14 +131,9 @@ def load_params(path: str | Path, config: ModelConfig, dtype=jnp.bfloat16,
 
 def _load_tensor(file: Path, name: str, path: tuple[str, ...], shape: tuple[int, ...], dtype,
                  mesh) -> jax.Array:
+  """One tensor, shape already checked by `check_checkpoint`. One short-lived handle per read:
+  the file's mapped pages are released as soon as it is read."""
   transposed = is_transposed(path)
-  # One short-lived handle per tensor: the file's mapped pages are released as soon as it is read.
-  with safe_open(file, framework="numpy") as f:
-    disk_shape = tuple(f.get_slice(name).get_shape())
-  if (disk_shape[::-1] if transposed else disk_shape) != tuple(shape):
-    want = tuple(shape)[::-1] if transposed else tuple(shape)
-    raise CheckpointError(f"tensor {name} in {file.name} has shape {disk_shape}, but config.json "
-                          f"implies {want}.")
   np_dtype = np.dtype(jnp.dtype(dtype))
 
   def read(index: tuple[slice, ...]) -> np.ndarray:

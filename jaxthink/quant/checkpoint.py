@@ -62,10 +62,8 @@ def save_quantized(directory: str | Path, config: ModelConfig, spec: QuantSpec, 
   return directory
 
 
-def load_quantized(directory: str | Path, mesh: jax.sharding.Mesh | None = None,
-                   tokenizer: bool = True) -> tuple[Pretrained, QuantSpec, dict[str, Any]]:
-  """Restores a `save_quantized` directory: `(Pretrained(config, decoder, params, tokenizer),
-  spec, report)`; with a `mesh` the params are placed sharded like their float kernels."""
+def read_quantized_meta(directory: str | Path) -> tuple[QuantSpec, ModelConfig, dict[str, Any]]:
+  """`(spec, config, quant.json)` of a `save_quantized` directory, without reading its params."""
   directory = Path(directory).expanduser().absolute()
   meta_file = directory / "quant.json"
   if not meta_file.is_file() or not (directory / "params").is_dir():
@@ -75,8 +73,15 @@ def load_quantized(directory: str | Path, mesh: jax.sharding.Mesh | None = None,
   if meta.get("format") != FORMAT:
     raise CheckpointError(f"{meta_file} has format {meta.get('format')!r}; this jaxthink reads "
                           f"format {FORMAT}.")
-  spec = from_dict(QuantSpec, meta["spec"])
-  config = ModelConfig.from_pretrained(directory)
+  return from_dict(QuantSpec, meta["spec"]), ModelConfig.from_pretrained(directory), meta
+
+
+def load_quantized(directory: str | Path, mesh: jax.sharding.Mesh | None = None,
+                   tokenizer: bool = True) -> tuple[Pretrained, QuantSpec, dict[str, Any]]:
+  """Restores a `save_quantized` directory: `(Pretrained(config, decoder, params, tokenizer),
+  spec, report)`; with a `mesh` the params are placed sharded like their float kernels."""
+  directory = Path(directory).expanduser().absolute()
+  spec, config, meta = read_quantized_meta(directory)
   dtype = jnp.dtype(meta["dtype"])
   model = Decoder(config, dtype=dtype, param_dtype=dtype, quant=QuantRules.from_spec(spec))
   abstract = abstract_params(model)

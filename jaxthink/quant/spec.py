@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from jaxthink.config import path_field
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.kv_cache import KV_BITS  # the decode engine's cache options
 
@@ -75,8 +76,8 @@ class CalibrationSpec:
   tokens, plus `heldout_samples` further windows that only measure the result.
   """
 
-  source: str = "gsm8k"
-  data_dir: str | None = None
+  source: str = path_field("gsm8k", keywords=("gsm8k",))
+  data_dir: str | None = path_field(None)
   text_field: str = "text"
   num_samples: int = 128
   seq_len: int = 512
