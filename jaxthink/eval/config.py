@@ -105,7 +105,8 @@ class PromptSpec:
 class EvalConfig:
   """One evaluation run.
 
-  data_dir: the folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data).
+  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data);
+    None reads the copy shipped with jaxthink (benchmarks it does not ship are downloaded).
   limit: the first `limit` problems of each benchmark (None: all).
   reference: co-decode the full-precision model with every quantized variant and record
     per-token KL(p_ref ‖ p_quant) and entropies.
@@ -117,7 +118,7 @@ class EvalConfig:
   model: ModelSpec
   variants: tuple[Variant, ...]
   benchmarks: tuple[str, ...] = ("math500",)
-  data_dir: str = "../shared/data"
+  data_dir: str | None = None
   limit: int | None = None
   prompt: PromptSpec = PromptSpec()
   sampling: SamplingSpec = SamplingSpec()
@@ -145,7 +146,9 @@ class EvalConfig:
                         "be >= 1.")
 
   @property
-  def data_directory(self) -> Path:
+  def data_directory(self) -> Path | None:
+    if self.data_dir is None:
+      return None
     return EMBEDDED_DATA_DIR if self.data_dir == EMBEDDED else Path(self.data_dir).expanduser()
 
   def check_files(self) -> None:
