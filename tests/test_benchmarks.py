@@ -57,8 +57,8 @@ def cache_dir(tmp_path_factory):
 def test_packaged_files_match_provenance_note():
   """The shipped files are the upstream ones, and PROVENANCE.md says so correctly."""
   note = (DATA / "PROVENANCE.md").read_text()
-  stated = {m[0]: (int(m[1]), m[2]) for m in re.findall(r"^\| (\S+\.jsonl) \| (\d+) \| ([0-9a-f]{64}) \|",
-                                                          note, re.M)}
+  rows = re.findall(r"^\| (\S+\.jsonl) \| (\d+) \| ([0-9a-f]{64}) \|", note, re.M)
+  stated = {file: (int(count), digest) for file, count, digest in rows}
   counts = {f"{name}/{split}.jsonl": count for name, split, count in COUNTS}
   assert stated == {file: (counts[file], digest) for file, digest in SHA256.items()}
   for file, digest in SHA256.items():

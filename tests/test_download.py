@@ -54,10 +54,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-  content = "".join(json.dumps({"problem": f"What is {i} + {i}?", "solution": f"{i} + {i} = {2 * i}",
-                                "answer": str(2 * i), "subject": "Algebra", "level": 1,
-                                "unique_id": f"train/algebra/{i}.json"}) + "\n"
-                    for i in range(200)).encode()
+  rows = [{"problem": f"What is {i} + {i}?", "solution": f"{i} + {i} = {2 * i}", "answer": str(2 * i),
+           "subject": "Algebra", "level": 1, "unique_id": f"train/algebra/{i}.json"}
+          for i in range(200)]
+  content = "".join(json.dumps(row) + "\n" for row in rows).encode()
   running = Server({"/train.jsonl": content, "/other.jsonl": content[::-1]})
   thread = threading.Thread(target=running.serve_forever, daemon=True)
   thread.start()
@@ -145,17 +145,21 @@ def test_benchmark_not_shipped_is_downloaded_on_first_use(server, tmp_path, monk
   monkeypatch.setitem(benchmarks.BENCHMARKS, "math",
                       dataclasses.replace(spec, remote={"train": remote_of(server)}))
   problems = benchmarks.load_benchmark("math", split="train", cache_dir=tmp_path)
-  assert len(problems) == 200 and (problems[3].id, problems[3].answer) == ("train/algebra/3.json", "6")
-  assert (tmp_path / "downloads" / "math" / "train.jsonl").read_bytes() == server.files["/train.jsonl"]
+  assert len(problems) == 200
+  assert (problems[3].id, problems[3].answer) == ("train/algebra/3.json", "6")
+  downloaded = tmp_path / "downloads" / "math" / "train.jsonl"
+  assert downloaded.read_bytes() == server.files["/train.jsonl"]
 
 
 def test_benchmark_offline_error_names_the_cache_file(tmp_path, monkeypatch):
   spec = benchmarks.BENCHMARKS["math"]
   remote = dataclasses.replace(spec.remote["train"], url="http://127.0.0.1:9/train.jsonl")
-  monkeypatch.setitem(benchmarks.BENCHMARKS, "math", dataclasses.replace(spec, remote={"train": remote}))
+  monkeypatch.setitem(benchmarks.BENCHMARKS, "math",
+                      dataclasses.replace(spec, remote={"train": remote}))
   monkeypatch.setattr(benchmarks, "DEFAULT_CACHE_DIR", tmp_path)  # the default cache, not ~/.cache
   with pytest.raises(DownloadError) as error:
     benchmarks.read_problems("math", split="train")
   message = str(error.value)
   assert f"place the file by hand at {tmp_path / 'downloads' / 'math' / 'train.jsonl'}" in message
-  assert "10896985 bytes, sha256 90d96daeac3fe343ebb1e22ce93dd99690f75983e957f88de42f87cffe1e8076" in message
+  assert ("10896985 bytes, sha256 "
+          "90d96daeac3fe343ebb1e22ce93dd99690f75983e957f88de42f87cffe1e8076") in message

@@ -74,7 +74,8 @@ def fetch(remote: RemoteFile, path: str | Path, attempts: int = 3, timeout: floa
     part.unlink()
     raise DownloadError(f"{remote.url} gave {have} bytes with sha256 {digest}, expected "
                         f"{remote.size} bytes with sha256 {remote.sha256} (the source changed or "
-                        f"the transfer was corrupted); the download was deleted. Run again, {by_hand}.")
+                        f"the transfer was corrupted); the download was deleted. Run again, "
+                        f"{by_hand}.")
   part.replace(path)
   return path
 

@@ -81,7 +81,7 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
-  """Decoding settings; the defaults are the R1-distilled models' (STUDY.md). temperature 0 is
+  """Decoding settings; the defaults are the R1-distilled models' (model cards). temperature 0 is
   greedy. Each response's seed is derived from (seed, benchmark, problem, sample), so a resumed
   run draws the same tokens."""
 
@@ -157,7 +157,8 @@ class EvalConfig:
     model_dir = self.model.directory
     if not (model_dir / "config.json").is_file():
       raise ConfigError(f"model.path: {model_dir} has no config.json; point it at a local Hugging "
-                        "Face model directory (or `embedded`).")
+                        "Face model directory (or `embedded`), e.g. one downloaded with "
+                        f"`hf download <hub id> --local-dir {model_dir}`.")
     for name in self.benchmarks:
       try:
         jsonl_path(name, self.data_directory)
