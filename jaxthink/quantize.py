@@ -21,6 +21,7 @@ from jaxthink.models.config import CheckpointError
 from jaxthink.models.pretrained import load_pretrained
 from jaxthink.decode.mesh import MeshConfig, mesh_from_config
 from jaxthink.quant import QuantConfigError, QuantSpec, quantize, save_quantized
+from jaxthink.quant.checkpoint import check_shared_directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ def run(config: QuantizeConfig, log=print) -> Path:
     raise CheckpointError(f"{config.output} already holds a quantized checkpoint; choose another "
                           "output or set overwrite: true.")
   mesh = None if config.mesh is None else mesh_from_config(config.mesh)
+  check_shared_directory(config.output)  # on several hosts, before hours of quantizing
   log(f"loading {config.model} ({config.dtype})")
   pretrained = load_pretrained(config.model, dtype=jnp.dtype(config.dtype), mesh=mesh)
   log(f"quantizing: scheme {config.quant.scheme}, method {config.quant.method}, calibration "

@@ -1,16 +1,25 @@
 """Benchmarks built through tfds from the real JSONL files, checked against plain ``json`` reads."""
 
+import hashlib
 import json
+import re
 import shutil
-from pathlib import Path
 
 import pytest
 
-from jaxthink.data.benchmarks import BenchmarkDataError, load_benchmark, read_problems
+from jaxthink.data.benchmarks import (PACKAGE_DATA_DIR as DATA, BenchmarkDataError, load_benchmark,
+                                      read_problems)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# Row counts from ../shared/data/README.md.
+# Row counts and sha256 of the upstream files (openai/grade-school-math, openai/prm800k's LFS oid,
+# the project's benchmark folder), as PROVENANCE.md states them.
+SHA256 = {
+  "gsm8k/test.jsonl": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+  "gsm8k/train.jsonl": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+  "math500/test.jsonl": "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+  "aime24/test.jsonl": "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac",
+  "aime25/test.jsonl": "19a9f25a12e89abaeea9f7e214f8b6f6eae43285e9d8df7a3818ca0408df4b07",
+  "amc23/test.jsonl": "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4",
+}
 COUNTS = [
   ("gsm8k", "test", 1319),
   ("gsm8k", "train", 7473),
@@ -45,9 +54,24 @@ def cache_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
+def test_packaged_files_match_provenance_note():
+  """The shipped files are the upstream ones, and PROVENANCE.md says so correctly."""
+  note = (DATA / "PROVENANCE.md").read_text()
+  rows = re.findall(r"^\| (\S+\.jsonl) \| (\d+) \| ([0-9a-f]{64}) \|", note, re.M)
+  stated = {file: (int(count), digest) for file, count, digest in rows}
+  counts = {f"{name}/{split}.jsonl": count for name, split, count in COUNTS}
+  assert stated == {file: (counts[file], digest) for file, digest in SHA256.items()}
+  for file, digest in SHA256.items():
+    data = (DATA / file).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest
+    assert data.count(b"\n") == counts[file]
+  for licensed in ("gsm8k", "math500"):
+    assert (DATA / licensed / "LICENSE").read_text().startswith("MIT License")
+
+
 @pytest.mark.parametrize("name,split,count", COUNTS)
 def test_tfds_build_matches_jsonl(name, split, count, cache_dir):
-  problems = load_benchmark(name, DATA, split, cache_dir=cache_dir)
+  problems = load_benchmark(name, split=split, cache_dir=cache_dir)  # default: the packaged copy
   assert len(problems) == count
   expected = expected_rows(name, split)
   assert len(expected) == count

@@ -19,6 +19,7 @@ import yaml
 
 from jaxthink import sizing
 from jaxthink.config import load_config, read_yaml
+from jaxthink.data.benchmarks import PACKAGE_DATA_DIR
 from jaxthink.eval.config import EvalConfig, Variant
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
 from jaxthink.quantize import QuantizeConfig
@@ -26,7 +27,7 @@ from jaxthink.quantize import QuantizeConfig
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 STUDY = CONFIGS / "study"
-DATA = REPO.parent / "shared" / "data"
+DATA = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 QUANTIZE_CONFIGS = {"quantize_example.yaml"}  # `python -m jaxthink.quantize` configs
 
 STUDY_MODEL_DIRS = ("DeepSeek-R1-Distill-Qwen-1.5B", "DeepSeek-R1-Distill-Qwen-7B",

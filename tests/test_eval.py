@@ -12,13 +12,14 @@ import pytest
 import yaml
 
 from jaxthink.config import ConfigError, load_config
+from jaxthink.data.benchmarks import PACKAGE_DATA_DIR
 from jaxthink.eval import evaluate
 from jaxthink.eval.config import EvalConfig
 from jaxthink.tiny.task import generate_problems
 from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
 from hf_reference import make_hf_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -5,15 +5,14 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from jaxthink.data.benchmarks import read_problems
+from jaxthink.data.benchmarks import PACKAGE_DATA_DIR, read_problems
 from jaxthink.grading import answers_match, extract_final_answer, grade, split_thinking
 from jaxthink.grading.verify import call_with_time_limit, math_verify_equal
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 
 
 def as_model_writes(answer):

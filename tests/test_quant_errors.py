@@ -79,8 +79,9 @@ def test_calibration_data_problems(tmp_path):
   (tmp_path / "short.txt").write_text("only a few tokens of text")
   with pytest.raises(QuantConfigError, match="yields 26 tokens, but 128 \\+ 8 windows of 512"):
     calibration_data(tokenizer, CalibrationSpec(source=str(tmp_path / "short.txt")))
-  with pytest.raises(QuantConfigError, match="needs calibration.data_dir"):
-    calibration_data(tokenizer, CalibrationSpec(source="gsm8k"))
+  # No data_dir: the GSM8K train split shipped with jaxthink (7473 solutions).
+  default = calibration_data(tokenizer, CalibrationSpec(source="gsm8k", num_samples=2, seq_len=64))
+  assert default.tokens.shape == (2, 64) and default.description["documents"] == 7473
   with pytest.raises(QuantConfigError, match="does not exist"):
     calibration_data(tokenizer, CalibrationSpec(source="gsm8k", data_dir=str(tmp_path)))
 

@@ -4,16 +4,16 @@ and the test that calibration windows are cut from the real GSM8K solutions."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from jaxthink.data.benchmarks import PACKAGE_DATA_DIR
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.hf_io import init_params
 from jaxthink.quant import CalibrationSpec, calibration_data
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -1,11 +1,10 @@
 """Failure taxonomy: one hand-written response per bucket; arithmetic claims checked by hand."""
 
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
-from jaxthink.data.benchmarks import read_problems
+from jaxthink.data.benchmarks import PACKAGE_DATA_DIR, read_problems
 from jaxthink.grading import (
   BUCKETS,
   analyze_response,
@@ -14,7 +13,7 @@ from jaxthink.grading import (
   grade,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 
 
 def bucket(text, gold, hit_max_tokens=False):

@@ -111,6 +111,40 @@ def test_run_pod_with_overrides(tmp_path):
       "quant.scheme=w4a16 --set '\"'\"'prompt.instruction=Think hard'\"'\"'' " + CLOUD]
 
 
+HUB_DOWNLOAD = ("gcloud compute tpus tpu-vm ssh {name} --worker=all --command 'cd jaxthink && python3 "
+                "-m huggingface_hub.cli.hf download deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B "
+                "--local-dir {dir} --include '\"'\"'*.json'\"'\"' --include '\"'\"'*.safetensors'\"'\"' "
+                "--include '\"'\"'*.jinja'\"'\"' --include '\"'\"'*.txt'\"'\"'' " + CLOUD)
+
+
+def test_run_gets_the_model_from_the_hub_on_every_worker(tmp_path):
+  # The study configs name checkpoints/<model>: the default download directory, passed to the eval.
+  config = "configs/study/DeepSeek-R1-Distill-Qwen-1.5B/math500.yaml"
+  assert dry_run("run.sh", "--name", "jt-pod", *COMMON, "--config", config, "--model-hub",
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", cwd=tmp_path) == [
+      HUB_DOWNLOAD.format(name="jt-pod", dir="checkpoints/DeepSeek-R1-Distill-Qwen-1.5B"),
+      f"gcloud compute tpus tpu-vm ssh jt-pod --worker=all --command 'cd jaxthink && python3 -m "
+      f"jaxthink.eval --config {config} --set output_dir=runs/math500 --set "
+      f"model.path=checkpoints/DeepSeek-R1-Distill-Qwen-1.5B' {CLOUD}"]
+  lines = dry_run("run.sh", "--name", "jt-pod", *COMMON, "--config", config, "--model-hub",
+                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "--model-dir", "/mnt/r1", cwd=tmp_path)
+  assert lines[0] == HUB_DOWNLOAD.format(name="jt-pod", dir="/mnt/r1")
+  assert lines[1].endswith(f"--set model.path=/mnt/r1' {CLOUD}")
+  # The words the worker's shell runs: the download, with each pattern quoted against its globbing.
+  remote = shlex.split(shlex.split(lines[0])[shlex.split(lines[0]).index("--command") + 1])
+  assert remote[remote.index("--include") + 1] == "*.json"
+
+
+def test_run_study_gets_the_model_after_installing(tmp_path):
+  lines = dry_run("run_study.sh", "--name", "jt-host", *COMMON, "--accelerator-type", "v4-8",
+                  "--repo", "https://github.com/example/jaxthink.git", "--ref", "v0.1.0",
+                  "--config", "configs/r1.yaml", "--model-hub",
+                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", cwd=tmp_path)
+  assert lines[1] == f"gcloud compute tpus tpu-vm ssh jt-host --worker=all --command '{GIT_INSTALL}' {CLOUD}"
+  assert lines[2] == HUB_DOWNLOAD.format(name="jt-host", dir="checkpoints/DeepSeek-R1-Distill-Qwen-1.5B")
+  assert "jaxthink.eval" in lines[3] and "model.path=checkpoints/DeepSeek-R1-Distill-Qwen-1.5B" in lines[3]
+
+
 def test_run_command_survives_two_shells(tmp_path):
   # What the VM's shell receives as argv, after our shell and gcloud hand the command over.
   [line] = dry_run("run.sh", "--name", "jt-pod", *COMMON, "--config", "configs/qwq.yaml",
@@ -208,6 +242,8 @@ STUDY = [*RUN, "--accelerator-type", "v4-8", "--repo", "https://github.com/examp
     ("run.sh", [*NAME, *COMMON], "--config is required"),
     ("run.sh", [*RUN, "--set", "temperature"], "--set 'temperature' is not of the form key=value"),
     ("run.sh", [*RUN, "--run-dir", "../elsewhere"], "must not contain '..'"),
+    ("run.sh", [*RUN, "--model-dir", "checkpoints/x"], "--model-dir needs --model-hub"),
+    ("run.sh", [*RUN, "--model-hub", "DeepSeek-R1"], "--model-hub 'DeepSeek-R1' is not a hub id"),
     ("fetch.sh", [*NAME, *COMMON], "--run-dir is required"),
     ("delete.sh", [*NAME, *COMMON, "--spot"], "unknown argument '--spot'"),
     ("run_study.sh", [*RUN, "--repo", "u"], "--accelerator-type is required"),

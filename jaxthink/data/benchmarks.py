@@ -1,6 +1,9 @@
 """Math benchmarks as tensorflow-datasets builders reading the JSONL files of a manual directory.
 
-Benchmarks (folder/split.jsonl under the manual directory, e.g. the project's ``../shared/data``):
+Benchmarks (``<folder>/<split>.jsonl`` under a data directory). Without a data directory, the copy
+inside the package is read (``jaxthink/data/benchmark_files``: sources, licenses, row counts and
+sha256 in its PROVENANCE.md; ``tiny`` from ``jaxthink/tiny/data``); a benchmark the package does not
+ship is downloaded on first use into ``~/.cache/jaxthink/downloads`` and checked against its sha256.
 
 ============  ===========  =========================================================================
 name          splits       gold answer
@@ -11,12 +14,13 @@ aime24        test         ``answer`` (integer as text, leading zeros kept: ``"0
 aime25        test         ``answer``
 amc23         test         ``answer`` (a JSON number; ``27.0`` becomes ``"27"``)
 tiny          test         ``answer`` (the embedded model's synthetic task, ``jaxthink/tiny/data``)
+math          train        ``answer``; downloaded: PRM800K's 12,000 MATH train problems (as math500)
 ============  ===========  =========================================================================
 
 Every example holds ``id``, ``problem``, ``answer`` (gold, text) and ``solution`` (the reference
 solution; for gsm8k the full step-by-step ``answer`` field with its ``<<a=b>>`` calculator notes;
 empty where the benchmark has none). Ids: gsm8k ``"<split>-<row>"`` (row 0-based), math500
-``unique_id``, AIME/AMC the ``id`` field as text.
+``unique_id`` (also math), AIME/AMC the ``id`` field as text.
 
 tfds works here without TensorFlow because the builder writes ``array_record`` files and is read with
 ``as_data_source``; ``DatasetInfo(disable_shuffling=True)`` keeps the file order. Text comes back as
@@ -30,11 +34,16 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import tensorflow_datasets as tfds
 
-DEFAULT_CACHE_DIR = Path("~/.cache/jaxthink/tfds").expanduser()
+from jaxthink.data.download import RemoteFile, fetch
+
+PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "benchmark_files"
+TINY_DATA_DIR = Path(__file__).resolve().parents[1] / "tiny" / "data"
+# tfds datasets under <cache>/tfds, downloaded benchmark files under <cache>/downloads.
+DEFAULT_CACHE_DIR = Path("~/.cache/jaxthink").expanduser()
 
 
 class BenchmarkDataError(ValueError):
@@ -123,10 +132,22 @@ def _tiny(row: dict, split: str, index: int, where: str) -> Problem:
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSpec:
+  """``packaged``: the data directory shipped with the package (None: not shipped); ``remote``:
+  where each split of a benchmark that is not shipped is downloaded from."""
+
   folder: str
   splits: tuple[str, ...]
   parse_row: Callable[[dict, str, int, str], Problem]
+  packaged: Path | None = PACKAGE_DATA_DIR
+  remote: Mapping[str, RemoteFile] = dataclasses.field(default_factory=dict)
 
+
+# PRM800K's MATH train split (the 7,500 MATH train + 4,500 MATH test problems outside MATH-500),
+# a Git LFS file of openai/prm800k at a fixed commit; size and sha256 are its LFS pointer's.
+_PRM800K_MATH_TRAIN = RemoteFile(
+  url="https://media.githubusercontent.com/media/openai/prm800k/"
+      "7ecc794703b2877f63226f2477a49b34f9b25163/prm800k/math_splits/train.jsonl",
+  size=10896985, sha256="90d96daeac3fe343ebb1e22ce93dd99690f75983e957f88de42f87cffe1e8076")
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
   "gsm8k": BenchmarkSpec("gsm8k", ("test", "train"), _gsm8k),
@@ -135,7 +156,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
   "aime25": BenchmarkSpec("aime25", ("test",), _aime),
   "amc23": BenchmarkSpec("amc23", ("test",), _amc),
   # The embedded tiny model's held-out synthetic problems (jaxthink/tiny/data).
-  "tiny": BenchmarkSpec("tiny", ("test",), _tiny),
+  "tiny": BenchmarkSpec("tiny", ("test",), _tiny, packaged=TINY_DATA_DIR),
+  "math": BenchmarkSpec("math", ("train",), _math500, packaged=None,
+                        remote={"train": _PRM800K_MATH_TRAIN}),
 }
 
 
@@ -148,27 +171,44 @@ def _spec(name: str, split: str | None = None) -> BenchmarkSpec:
   return spec
 
 
-def jsonl_path(name: str, data_dir: str | Path, split: str = "test") -> Path:
-  """Where the JSONL file of ``name``/``split`` lives under ``data_dir``; a clear error if absent."""
+def default_data_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+  """The data directory of ``name`` when none is given: the packaged copy, or the download cache
+  (``<cache_dir>/downloads``), fetching the splits not there yet."""
+  spec = _spec(name)
+  if spec.packaged is not None:
+    return spec.packaged
+  downloads = _cache_root(cache_dir) / "downloads"
+  for split, remote in spec.remote.items():
+    fetch(remote, downloads / spec.folder / f"{split}.jsonl")
+  return downloads
+
+
+def jsonl_path(name: str, data_dir: str | Path | None = None, split: str = "test",
+               cache_dir: str | Path | None = None) -> Path:
+  """Where the JSONL file of ``name``/``split`` lives under ``data_dir`` (None: the packaged or
+  downloaded copy, see ``default_data_dir``); a clear error if absent."""
   spec = _spec(name, split)
+  if data_dir is None:
+    data_dir = default_data_dir(name, cache_dir)
   path = Path(data_dir).expanduser() / spec.folder / f"{split}.jsonl"
   if not path.is_file():
     raise BenchmarkDataError(
-      f"benchmark file {path} does not exist. Point the data directory (the config's benchmark "
-      f"data_dir, or load_benchmark(data_dir=...)) at a copy of the benchmark data holding "
-      f"{spec.folder}/{split}.jsonl; the project's tests use ../shared/data."
+      f"benchmark file {path} does not exist. Point the data directory (the config's "
+      f"data_dir, or load_benchmark(data_dir=...)) at a folder holding {spec.folder}/{split}.jsonl,"
+      f" or leave it unset to use the copy shipped with jaxthink."
     )
   return path
 
 
-def read_problems(name: str, data_dir: str | Path, split: str = "test") -> list[Problem]:
+def read_problems(name: str, data_dir: str | Path | None = None, split: str = "test",
+                  cache_dir: str | Path | None = None) -> list[Problem]:
   """Parse one benchmark split straight from its JSONL file (no tfds), in file order.
 
   Blank lines are skipped; a line that is not a JSON object, lacks a field or has an empty problem
   text raises ``BenchmarkDataError`` naming the file, the 1-based line number and the field.
   """
   spec = _spec(name, split)
-  path = jsonl_path(name, data_dir, split)
+  path = jsonl_path(name, data_dir, split, cache_dir)
   problems = []
   with path.open(encoding="utf-8") as lines:
     for line_number, line in enumerate(lines, start=1):
@@ -198,7 +238,7 @@ class JaxthinkMath(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in BENCHMARKS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass download_config=tfds.download.DownloadConfig(manual_dir=DIR) where DIR holds "
-    "<benchmark>/<split>.jsonl (gsm8k/test.jsonl, math500/test.jsonl, ...), e.g. ../shared/data."
+    "<benchmark>/<split>.jsonl (gsm8k/test.jsonl, math500/test.jsonl, ...)."
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -234,20 +274,24 @@ def _source_digest(name: str, data_dir: Path) -> str:
   return digest.hexdigest()[:16]
 
 
+def _cache_root(cache_dir: str | Path | None) -> Path:
+  return DEFAULT_CACHE_DIR if cache_dir is None else Path(cache_dir).expanduser()
+
+
 def build_benchmark(
-  name: str, data_dir: str | Path, cache_dir: str | Path | None = None
+  name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> tfds.core.DatasetBuilder:
-  """Build (or reuse) the tfds dataset of ``name`` under ``cache_dir`` and return its builder.
+  """Build (or reuse) the tfds dataset of ``name`` under ``<cache_dir>/tfds`` and return its
+  builder (``data_dir`` None: the packaged or downloaded copy).
 
   Reads every split's JSONL from ``data_dir`` first, so a malformed file fails here with the
   file, line and field. The cache is keyed by the files' content hash.
   """
   _spec(name)
-  data_dir = Path(data_dir).expanduser()
+  data_dir = default_data_dir(name, cache_dir) if data_dir is None else Path(data_dir).expanduser()
   for split in BENCHMARKS[name].splits:
     read_problems(name, data_dir, split)  # validate before tfds wraps errors in its own machinery
-  cache = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
-  cache = cache / _source_digest(name, data_dir)
+  cache = _cache_root(cache_dir) / "tfds" / _source_digest(name, data_dir)
   builder = JaxthinkMath(config=name, data_dir=str(cache))
   builder.download_and_prepare(
     download_dir=str(cache / "downloads"),
@@ -259,13 +303,14 @@ def build_benchmark(
 
 def load_benchmark(
   name: str,
-  data_dir: str | Path,
+  data_dir: str | Path | None = None,
   split: str = "test",
   limit: int | None = None,
   cache_dir: str | Path | None = None,
 ) -> list[Problem]:
   """Problems of ``name``/``split`` in file order, built through tfds (cached in ``cache_dir``,
-  default ``~/.cache/jaxthink/tfds``); ``limit`` keeps the first ``limit`` problems."""
+  default ``~/.cache/jaxthink``) from ``data_dir`` (None: the copy shipped with the package, or
+  downloaded on first use); ``limit`` keeps the first ``limit`` problems."""
   _spec(name, split)
   if limit is not None and limit < 0:
     raise ValueError(f"limit must be >= 0 or None, got {limit}")

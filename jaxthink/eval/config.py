@@ -94,7 +94,7 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
-  """Decoding settings; the defaults are the R1-distilled models' (STUDY.md). temperature 0 is
+  """Decoding settings; the defaults are the R1-distilled models' (model cards). temperature 0 is
   greedy. Each response's seed is derived from (seed, benchmark, problem, sample), so a resumed
   run draws the same tokens."""
 
@@ -129,7 +129,8 @@ class PromptSpec:
 class EvalConfig:
   """One evaluation run.
 
-  data_dir: the folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data).
+  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data);
+    None reads the copy shipped with jaxthink (benchmarks it does not ship are downloaded).
   limit: the first `limit` problems of each benchmark (None: all).
   batch_size: decode slots of the request engine (`jaxthink.decode.Engine`): a variant's
     problems x samples go through one queue, a finished response's slot taking the next request.
@@ -147,7 +148,7 @@ class EvalConfig:
   model: ModelSpec
   variants: tuple[Variant, ...]
   benchmarks: tuple[str, ...] = ("math500",)
-  data_dir: str = path_field("../shared/data", keywords=(EMBEDDED,))
+  data_dir: str | None = path_field(None, keywords=(EMBEDDED,))
   limit: int | None = None
   prompt: PromptSpec = PromptSpec()
   sampling: SamplingSpec = SamplingSpec()
@@ -179,7 +180,9 @@ class EvalConfig:
                         "benchmark), or null for all of them.")
 
   @property
-  def data_directory(self) -> Path:
+  def data_directory(self) -> Path | None:
+    if self.data_dir is None:
+      return None
     return EMBEDDED_DATA_DIR if self.data_dir == EMBEDDED else Path(self.data_dir).expanduser()
 
   def quant_spec(self, variant: Variant) -> QuantSpec | None:
@@ -197,7 +200,8 @@ class EvalConfig:
     model_dir = self.model.directory
     if not (model_dir / "config.json").is_file():
       raise ConfigError(f"model.path: {model_dir} has no config.json; point it at a local Hugging "
-                        "Face model directory (or `embedded`).")
+                        "Face model directory (or `embedded`), e.g. one downloaded with "
+                        f"`hf download <hub id> --local-dir {model_dir}`.")
     for name in self.benchmarks:
       try:
         jsonl_path(name, self.data_directory)

@@ -41,7 +41,7 @@ def param_spec(path: Sequence[str], shape: Sequence[int], mesh: Mesh) -> P:
 
 def param_sharding(path: Sequence[str], shape: Sequence[int], mesh: Mesh | None) -> jax.sharding.Sharding:
   if mesh is None:
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's own device
   return NamedSharding(mesh, param_spec(path, shape, mesh))
 
 

@@ -8,6 +8,8 @@ out/
                  errors, bytes, held-out KL}
   tokenizer*     copied from the float model's directory, when given
 ```
+On several hosts every process writes its own shards into `params/`, so the directory must be on
+storage all of them see (`check_shared_directory`); the small files are written by process 0.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxthink.config import from_dict
 from jaxthink.models.config import CheckpointError, ModelConfig
@@ -51,6 +55,8 @@ def save_quantized(directory: str | Path, config: ModelConfig, spec: QuantSpec, 
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / "params", params, force=overwrite)
   checkpointer.wait_until_finished()
+  if jax.process_index() != 0:
+    return directory
   (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
   meta = {"format": FORMAT, "dtype": dtype.name, "spec": dataclasses.asdict(spec),
           "report": report or {}}
@@ -60,6 +66,32 @@ def save_quantized(directory: str | Path, config: ModelConfig, spec: QuantSpec, 
       if (Path(tokenizer_dir) / name).is_file():
         shutil.copy(Path(tokenizer_dir) / name, directory / name)
   return directory
+
+
+def check_shared_directory(directory: str | Path) -> None:
+  """With several processes (hosts): every one sees what process 0 writes into `directory`, else
+  a `CheckpointError` (a checkpoint split over the hosts' own disks would load nowhere)."""
+  if jax.process_count() == 1:
+    return
+  directory = Path(directory).expanduser().absolute()
+  name = int(multihost_utils.broadcast_one_to_all(np.random.randint(0, 2**31 - 1, dtype=np.int32)))
+  probe = directory / f".jaxthink-shared-probe-{name}"
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.touch()
+  multihost_utils.sync_global_devices("jaxthink: shared directory probe written")
+  seen = np.asarray(multihost_utils.process_allgather(np.asarray(probe.exists())))
+  multihost_utils.sync_global_devices("jaxthink: shared directory probe read")
+  if jax.process_index() == 0:
+    probe.unlink()
+  if not seen.all():
+    blind = [i for i, s in enumerate(seen.tolist()) if not s]
+    raise CheckpointError(
+        f"{directory} is not one storage for all {jax.process_count()} processes: processes "
+        f"{blind} do not see what process 0 writes there (each host's own disk?). Every host "
+        "writes its shards into the checkpoint, so give an output path that all hosts mount, "
+        "e.g. a GCS bucket mounted with gcsfuse at the same path on every worker, or an NFS / "
+        "Filestore share.")
 
 
 def read_quantized_meta(directory: str | Path) -> tuple[QuantSpec, ModelConfig, dict[str, Any]]:

@@ -53,7 +53,7 @@ def shard_params(params: Any, mesh: Mesh) -> Any:
 def param_shardings(abstract_params: Any, mesh: Mesh | None) -> Any:
   """The sharding of every leaf of an abstract param tree (single device without a mesh)."""
   flat = flax.traverse_util.flatten_dict(abstract_params)
-  single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's own device
   return flax.traverse_util.unflatten_dict({
       path: single if mesh is None else NamedSharding(mesh, quant_param_spec(path, x.shape, mesh))
       for path, x in flat.items()})

@@ -71,7 +71,7 @@ class CalibrationSpec:
   """Where calibration text comes from and how much of it is used.
 
   `source`: "gsm8k" (train-split solutions read through `jaxthink.data.benchmarks`, from
-  `data_dir`), or the path of a `.jsonl` file (field `text_field` of every row) or of a plain
+  `data_dir`; None: the GSM8K train split shipped with jaxthink), or the path of a `.jsonl` file (field `text_field` of every row) or of a plain
   text file. The text is tokenized, concatenated and cut into `num_samples` windows of `seq_len`
   tokens, plus `heldout_samples` further windows that only measure the result.
   """

@@ -67,9 +67,9 @@ class Op:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One problem. id/problem/answer/solution are the benchmark fields (as in /work/shared/data);
-  start/ops are the computation itself, and check says which self-check the solution holds:
-  "none", "confirm" or "fix"."""
+  """One problem. id/problem/answer/solution are the benchmark fields (as in
+  jaxthink/data/benchmark_files); start/ops are the computation itself, and check says which
+  self-check the solution holds: "none", "confirm" or "fix"."""
   id: str
   problem: str
   answer: str

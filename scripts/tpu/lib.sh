@@ -9,6 +9,7 @@ DRY_RUN=0 NAME="" ZONE="" PROJECT=""
 ACCELERATOR="" VERSION="" CAPACITY="" QUEUED=0
 REPO="" REF=main LOCAL_TREE=""
 CONFIG="" RUN_DIR="" LOCAL_DIR=runs SETS=()
+MODEL_HUB="" MODEL_DIR=""
 
 die() {  # a usage error: the message, then where to find help
   printf '%s: error: %s\n' "${0##*/}" "$1" >&2
@@ -106,6 +107,18 @@ check_run() {
     RUN_DIR=runs/$(basename "${CONFIG%.*}")
   fi
   check_run_dir
+  check_model
+}
+
+check_model() {  # --model-hub ID [--model-dir DIR]: MODEL_DIR defaults to checkpoints/<name in ID>
+  if [[ -z $MODEL_HUB ]]; then
+    [[ -z $MODEL_DIR ]] || die "--model-dir needs --model-hub (the hub id to download into it)."
+    return 0
+  fi
+  [[ $MODEL_HUB =~ ^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+    die "--model-hub '$MODEL_HUB' is not a hub id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B."
+  MODEL_DIR=${MODEL_DIR:-checkpoints/${MODEL_HUB#*/}}
+  [[ ! $MODEL_DIR =~ (^|/)\.\.(/|$) ]] || die "--model-dir '$MODEL_DIR' must not contain '..'."
 }
 
 gcloud_tpu() {  # gcloud compute tpus tpu-vm SUBCOMMAND ARGS... --project --zone
@@ -153,10 +166,20 @@ tpu_install() {  # the code on every worker in ~/jaxthink, then pip install -e '
   gcloud_tpu ssh "$NAME" --worker=all --command "$get && cd $dir && python3 -m pip install -e \".[tpu]\""
 }
 
+tpu_get_model() {  # with --model-hub: the checkpoint into MODEL_DIR on every worker (a rerun
+  # downloads only the files still missing)
+  [[ -n $MODEL_HUB ]] || return 0
+  local command="cd $REMOTE_CHECKOUT && python3 -m huggingface_hub.cli.hf download"
+  command+=" $(quote "$MODEL_HUB") --local-dir $(quote "$MODEL_DIR")"
+  command+=" --include '*.json' --include '*.safetensors' --include '*.jinja' --include '*.txt'"
+  gcloud_tpu ssh "$NAME" --worker=all --command "$command"
+}
+
 tpu_run() {  # the eval on every worker (process 0 writes the run directory, on worker 0)
   local command set
   command="cd $REMOTE_CHECKOUT && python3 -m jaxthink.eval --config $(quote "$CONFIG")"
   command+=" --set $(quote "$RUN_DIR_KEY=$RUN_DIR")"
+  if [[ -n $MODEL_HUB ]]; then command+=" --set $(quote "model.path=$MODEL_DIR")"; fi
   for set in ${SETS[@]+"${SETS[@]}"}; do command+=" --set $(quote "$set")"; done
   gcloud_tpu ssh "$NAME" --worker=all --command "$command"
 }

@@ -10,7 +10,8 @@ usage() {
   cat <<'USAGE'
 Usage: run_study.sh --name NAME --zone ZONE --project PROJECT --accelerator-type TYPE
                     (--repo URL [--ref REF] | --local-tree DIR) --config FILE
-                    [--run-dir DIR] [--set KEY=VALUE]... [--local-dir DIR]
+                    [--run-dir DIR] [--set KEY=VALUE]... [--model-hub ID [--model-dir DIR]]
+                    [--local-dir DIR]
                     [--version RUNTIME] [--spot | --preemptible] [--queued]
                     [--max-attempts N] [--sync-every SECONDS] [--keep] [--dry-run]
 
@@ -37,6 +38,8 @@ while (($#)); do
     --config) need_value "$@"; CONFIG=$2; shift 2 ;;
     --run-dir) need_value "$@"; RUN_DIR=$2; shift 2 ;;
     --set) need_value "$@"; SETS+=("$2"); shift 2 ;;
+    --model-hub) need_value "$@"; MODEL_HUB=$2; shift 2 ;;
+    --model-dir) need_value "$@"; MODEL_DIR=$2; shift 2 ;;
     --local-dir) need_value "$@"; LOCAL_DIR=$2; shift 2 ;;
     --max-attempts) need_value "$@"; MAX_ATTEMPTS=$2; shift 2 ;;
     --sync-every) need_value "$@"; SYNC_EVERY=$2; shift 2 ;;
@@ -80,10 +83,11 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
-prepare() {  # a ready VM with the code and any results copied back so far
+prepare() {  # a ready VM with the code, the model (--model-hub) and any results copied back so far
   tpu_create
   CREATED=1
   tpu_install
+  tpu_get_model
   if [[ -d $LOCAL_DIR/$(basename "$RUN_DIR") ]]; then tpu_push; fi
 }
 
