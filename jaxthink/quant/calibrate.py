@@ -61,9 +61,9 @@ class CalibrationData:
 def read_texts(spec: CalibrationSpec) -> list[str]:
   """The calibration documents of `spec.source` (see `CalibrationSpec`), non-empty ones only."""
   if spec.source == "gsm8k":
-    from jaxthink.data.benchmarks import BenchmarkDataError, load_benchmark  # heavy: on use
-    try:
-      texts = [p.solution for p in load_benchmark("gsm8k", spec.data_dir, split="train")]
+    from jaxthink.data.benchmarks import BenchmarkDataError, read_problems  # noqa: PLC0415
+    try:  # the train split's file only (not through tfds, which reads every split)
+      texts = [p.solution for p in read_problems("gsm8k", spec.data_dir, split="train")]
     except BenchmarkDataError as e:
       raise QuantConfigError(f"calibration data: {e}") from e
   else:
