@@ -104,7 +104,7 @@ def test_scale_folding_keeps_the_float_block(method):
   t = x.shape[1]
   allowed = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (x.shape[0], t, t))
   positions = jnp.broadcast_to(jnp.arange(t), x.shape[:2])
-  folded, _ = jax.jit(block.apply)({"params": work}, x, positions, allowed, None, None)
+  folded, _ = jax.jit(block.apply)({"params": work}, x, positions, allowed, None, None, None)
   moved = {k: v for k, v in info.items() if v}
   print(f"\n{method}: {moved}")
   assert moved  # scales were actually folded
