@@ -34,16 +34,18 @@ assert mesh_from_config(MeshConfig(model=2)).shape == {"data": 4, "model": 2}
 # Where the state lives on the last mesh (2, 4): batch on 'data', the 4 kv heads on 'model'.
 from jax.sharding import PartitionSpec as P
 from jaxthink.decode import MarkerPenalty, Sampling
-from jaxthink.decode.loop import LoopSpec, decode, prefill
+from jaxthink.decode.loop import LoopSpec, init_state, insert, prefill
 from jaxthink.decode.mesh import place_params, put_batch
 spec = LoopSpec(q.model, r.model, Sampling(), "off", (), 0, 16, None, jnp.dtype("float32"), mesh)
 tokens = put_batch(np.ones((8, 16), np.int32), mesh)
-state = prefill(spec, place_params(q.params, mesh), place_params(r.params, mesh), tokens,
-                put_batch(np.ones((8, 16), bool), mesh), jnp.uint32(0), MarkerPenalty().arrays(128))
+first = prefill(spec, place_params(q.params, mesh), place_params(r.params, mesh), tokens,
+                put_batch(np.full(8, 16, np.int32), mesh), jnp.uint32(0),
+                MarkerPenalty().arrays(128))
+state = insert(spec, init_state(spec, 8, 32), first, jnp.arange(8), jnp.full((8,), 16, jnp.int32))
 assert state.cache.layers[0].k.sharding.spec == P("data", "model"), state.cache.layers[0].k.sharding
 shard = state.ref_cache.layers[1].v.addressable_shards[0].data.shape
 assert shard == (4, 1, 32, 8), shard  # [batch / 2, 4 kv heads / 4, 16 + 16 slots, head_dim]
-assert state.tokens.sharding.spec == P("data") and state.step.sharding.spec == P()
+assert state.tokens.sharding.spec == P("data") and state.generated.sharding.spec == P("data")
 print("OK")
 """
 
