@@ -10,41 +10,21 @@ import pytest
 import yaml
 
 from jaxthink.config import ConfigError, load_config
-from jaxthink.eval import runner
 from jaxthink.eval.__main__ import main
 from jaxthink.eval.config import EMBEDDED_DATA_DIR, EMBEDDED_MODEL_DIR, EvalConfig
 from jaxthink.eval.validate import validate
 from jaxthink.models.tokenizer import load_tokenizer, reasoning_prompt
 from jaxthink.quant.calibrate import read_texts
 from jaxthink.quant.spec import CalibrationSpec
+from tiny_eval import loads, tiny_config  # noqa: F401 (loads: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 GPTQ = {"scheme": "w4a16", "method": "gptq", "group_size": 64,
         "calibration": {"source": "gsm8k", "num_samples": 2, "seq_len": 32, "heldout_samples": 0}}
 
 
-@pytest.fixture
-def loads(monkeypatch):
-  """Every `load_pretrained` call of the runner (the real function still runs)."""
-  calls = []
-  real = runner.load_pretrained
-
-  def counted(*args, **kwargs):
-    calls.append(args[0])
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(runner, "load_pretrained", counted)
-  return calls
-
-
 def _config(tmp_path, **overrides) -> Path:
-  cfg = {"model": {"path": "embedded", "dtype": "float32"}, "benchmarks": ["tiny"],
-         "data_dir": "embedded", "limit": 2, "batch_size": 4,
-         "sampling": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 16, "seed": 0},
-         "output_dir": str(tmp_path / "run"), "variants": [{"name": "full"}], **overrides}
-  path = tmp_path / "eval.yaml"
-  path.write_text(yaml.safe_dump(cfg))
-  return path
+  return tiny_config(tmp_path, **overrides)
 
 
 def _model(tmp_path, edit) -> dict:

@@ -11,40 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from jaxthink.config import ConfigError, load_config
-from jaxthink.eval import evaluate, runner
+from jaxthink.eval import evaluate
 from jaxthink.eval.__main__ import main
 from jaxthink.eval.config import EvalConfig
 from jaxthink.eval.run_dir import RunDir
+from tiny_eval import loads, tiny_config  # noqa: F401 (loads: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def loads(monkeypatch):
-  """Every `load_pretrained` call of the runner (the real function still runs)."""
-  calls = []
-  real = runner.load_pretrained
-
-  def counted(*args, **kwargs):
-    calls.append(args[0])
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(runner, "load_pretrained", counted)
-  return calls
-
-
 def _config(tmp_path, **overrides) -> Path:
-  """The embedded tiny model on its first problems: seconds per run on CPU."""
-  cfg = {"model": {"path": "embedded", "dtype": "float32"}, "benchmarks": ["tiny"],
-         "data_dir": "embedded", "limit": 3, "batch_size": 4,
-         "sampling": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 16, "seed": 0},
-         "output_dir": str(tmp_path / "run"), "variants": [{"name": "full"}], **overrides}
-  path = tmp_path / "eval.yaml"
-  path.write_text(yaml.safe_dump(cfg))
-  return path
+  return tiny_config(tmp_path, **{"limit": 3, **overrides})
 
 
 def _lines(run: Path) -> list[str]:
