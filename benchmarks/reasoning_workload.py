@@ -151,7 +151,7 @@ def step_ms(model, params, max_new: int, written: int, *, batch: int = 8, steps:
         lengths=state.cache.lengths + written - prompt))
     jax.block_until_ready(state)
     t = time.perf_counter()
-    state, taken = decode(spec, params, None, state, penalty, False, steps)
+    state, taken = decode(spec, params, None, state, penalty, batch, steps)
     jax.block_until_ready(state)
     assert int(taken) == steps
     best = min(best, time.perf_counter() - t)

@@ -142,7 +142,7 @@ def test_chunked_attention_matches_numpy(bits):
       want = _numpy_attention(q, k, v, np.maximum(query_slot, 0))
       for chunk in (8, 16, 45, 512):  # 45 % 8 != 0: the last chunk overlaps the one before
         got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
-                                jnp.int32(query_slot.max()), jnp.float32, chunk)
+                                jnp.asarray(query_slot.max(1)), jnp.float32, chunk)
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-6, err_msg=f"chunk {chunk}")
       allowed = np.arange(slots)[None, None] <= np.maximum(query_slot, 0)[..., None]
       dense = dense_attention(jnp.asarray(q), cache, jnp.asarray(allowed), jnp.float32)

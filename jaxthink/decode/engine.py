@@ -159,8 +159,8 @@ class Engine:
         state, kept = self._shrink(state, occupant)
         occupant, generated = [occupant[row] for row in kept], generated[kept]
       waiting = bool(queue)
-      state, steps = decode(spec, self.params, self.ref_params, state, self.penalty, waiting,
-                            self.sync_every)
+      state, steps = decode(spec, self.params, self.ref_params, state, self.penalty,
+                            self._return_at_done(len(occupant), waiting), self.sync_every)
       yield from finished  # the caller handles them (grading, writing) while the loop runs
       before = generated
       generated, done, steps = to_numpy((state.generated, state.done, steps))
@@ -191,6 +191,16 @@ class Engine:
     rows = np.asarray(free[:n] + [self.slots] * (width - n), np.int32)  # out of range: dropped
     budgets = np.asarray([requests[i].max_new_tokens for i in fill], np.int32)
     return insert(self.spec, state, new, jnp.asarray(rows), jnp.asarray(budgets))
+
+  def _return_at_done(self, width: int, waiting: bool) -> int:
+    """How many done rows bring the loop back to the host: one while requests wait (to refill
+    it), enough to halve the rows in the drain, else all of them."""
+    if waiting:
+      return 1
+    half = width // 2
+    if self.shrink_drain and half >= 1 and half == padded_batch_size(half, self.mesh):
+      return width - half
+    return width
 
   def _shrink(self, state: DecodeState, occupant: list) -> tuple[DecodeState, list[int]]:
     """With the queue empty: the state cut to half its rows while half or more are free, and

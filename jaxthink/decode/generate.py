@@ -126,7 +126,7 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   first = prefill(spec, params, ref_params, put_batch(tokens, mesh), put_batch(lengths, mesh),
                   _seeds(seed, batch, padded, mesh), arrays)
   state = insert(spec, state, first, jnp.arange(padded), jnp.asarray(budgets))
-  state, _ = decode(spec, params, ref_params, state, arrays, False, spec.max_new_tokens)
+  state, _ = decode(spec, params, ref_params, state, arrays, padded, spec.max_new_tokens)
   out = to_numpy(jax.tree.map(lambda x: x[:batch], (state.tokens, state.generated, state.ended,
                                                     state.records)))
   return DecodeResult.from_records(*out, prompt_bucket=tokens.shape[1])

@@ -191,14 +191,15 @@ def insert(spec: LoopSpec, state: DecodeState, new: Prefilled, rows: jax.Array,
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
 def decode(spec: LoopSpec, params: Any, ref_params: Any, state: DecodeState,
-           penalty: PenaltyArrays, stop_when_free: jax.Array,
+           penalty: PenaltyArrays, return_at_done: jax.Array,
            max_steps: jax.Array) -> tuple[DecodeState, jax.Array]:
-  """Generates until every row is done, or (with `stop_when_free`) until some row is, or for
-  `max_steps` steps. Returns the state (`state` is donated) and the steps taken `[]`."""
+  """Generates until every row is done, or until `return_at_done` rows are (free rows count), or
+  for `max_steps` steps. Returns the state (`state` is donated) and the steps taken `[]`."""
 
   def running(carry) -> jax.Array:
     s, steps = carry
-    return jnp.any(~s.done) & (steps < max_steps) & ~(stop_when_free & jnp.any(s.done))
+    return (jnp.any(~s.done) & (steps < max_steps)
+            & (jnp.sum(s.done, dtype=jnp.int32) < return_at_done))
 
   def step(carry):
     s, steps = carry

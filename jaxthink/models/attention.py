@@ -1,10 +1,11 @@
 """Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache.
 
 Two ways to attend over a cache (`Decoder.decode_attention`, static):
-  chunked  (default) an online-softmax loop over chunks of `attention_chunk` slots that stops at
-           the highest slot any active row has written, so a decode step's cost follows the
-           written length, not the allocated one (a 32K-token budget costs nothing until it is
-           used), and a chunked teacher-forced pass never holds `[queries, all slots]` scores.
+  chunked  (default) an online-softmax loop over chunks of `attention_chunk` slots in which each
+           row visits only the chunks it has written, so a decode step's cost follows the
+           rows' written lengths, not the allocated one (a 32K-token budget costs nothing until
+           it is used) nor the longest row's, and a chunked teacher-forced pass never holds
+           `[queries, all slots]` scores.
   dense    every allocated slot, masked: the simple reference.
 Quantized caches are read as integers: key scales multiply the scores and value scales the
 probabilities, so no float copy of the cache is made.
@@ -53,16 +54,23 @@ def dense_attention(q: jax.Array, kv: LayerKV, allowed: jax.Array, dtype) -> jax
   return _mix(jax.nn.softmax(scores, axis=-1), kv.v, kv.v_scale, dtype)
 
 
-def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, limit: jax.Array,
+def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limit: jax.Array,
                       dtype, chunk: int = ATTENTION_CHUNK) -> jax.Array:
-  """Attention of each query over slots `0 .. its query_slot`, visiting only the chunks at or
-  below `limit` (the highest `query_slot` of the rows that matter): flash-style online softmax.
+  """Attention of each query over slots `0 .. its query_slot`, ragged: row `r` visits only the
+  chunks at or below `row_limit[r]`, so a step costs what the rows have written in total, not
+  rows x the longest row (flash-decoding style: per-chunk softmax pieces merged per row).
+
+  The (row, chunk) pairs to visit are numbered row by row; each loop iteration takes the next
+  `batch` of them (gathered from the cache), so a batch of rows at lengths 100 .. 30,000 takes
+  about mean / chunk iterations instead of max / chunk.
 
   Args:
     q: `[b, t, kv, g, d]`.
     kv: the layer's cache, `max_len` slots (any length; the last chunk may overlap the one before,
       its repeated slots are masked).
-    query_slot: `[b, t]` int32. limit: `[]` int32.
+    query_slot: `[b, t]` int32.
+    row_limit: `[b]` int32, the highest `query_slot` of each row that matters, -1 for a row that
+      doesn't (a finished decode row: it visits nothing and gets zeros).
 
   Returns:
     `[b, kv, g, t, d]` float32.
@@ -70,24 +78,38 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, limit: j
   b, t, heads, groups, d = q.shape
   max_len = kv.k.shape[2]
   chunk = min(chunk, max_len)
+  chunks = jnp.where(row_limit >= 0, row_limit // chunk + 1, 0)  # [b] chunks each row visits
+  ends = jnp.cumsum(chunks)  # pair i belongs to the row whose [end - chunks, end) holds it
+  per_row = lambda x, row: None if x is None else x[row]
 
-  def visit(c, carry):
+  def visit(i, carry):
     best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
+    pair = i * b + jnp.arange(b)  # [w] with w = b pairs per iteration
+    row = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), b - 1)
+    c = pair - (ends[row] - chunks[row])  # the chunk within its row
     start = jnp.minimum(c * chunk, max_len - chunk)
-    cut = lambda x: None if x is None else jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=2)
-    slot = start + jnp.arange(chunk)
-    ok = (slot >= c * chunk) & (slot <= query_slot[..., None])  # [b, t, chunk]
-    scores = jnp.where(ok[:, None, None], _scores(q, cut(kv.k), cut(kv.k_scale), dtype), _MASKED)
-    new_best = jnp.maximum(best, scores.max(-1))
+    take = lambda x: None if x is None else jax.vmap(
+        lambda r, s: jax.lax.dynamic_slice_in_dim(x[r], s, chunk, axis=1))(row, start)
+    slot = start[:, None] + jnp.arange(chunk)  # [w, chunk]
+    ok = ((pair < ends[-1])[:, None, None] & (slot >= (c * chunk)[:, None])[:, None]
+          & (slot[:, None] <= query_slot[row][..., None]))  # [w, t, chunk]
+    scores = jnp.where(ok[:, None, None], _scores(q[row], take(kv.k), take(kv.k_scale), dtype),
+                       _MASKED)
+    piece_best = scores.max(-1)  # [w, kv, g, t]
+    probs = jnp.where(ok[:, None, None], jnp.exp(scores - piece_best[..., None]), 0.0)
+    piece = _mix(probs, take(kv.v), take(kv.v_scale), dtype)
+    new_best = jnp.maximum(best, jax.ops.segment_max(piece_best, row, num_segments=b))
+    weight = jnp.exp(piece_best - new_best[row])  # each piece rescaled to its row's new max
     rescale = jnp.exp(best - new_best)
-    probs = jnp.exp(scores - new_best[..., None])
-    return (new_best, total * rescale + probs.sum(-1),
-            acc * rescale[..., None] + _mix(probs, cut(kv.v), cut(kv.v_scale), dtype))
+    return (new_best,
+            total * rescale + jax.ops.segment_sum(probs.sum(-1) * weight, row, num_segments=b),
+            acc * rescale[..., None] + jax.ops.segment_sum(piece * weight[..., None], row,
+                                                           num_segments=b))
 
   init = (jnp.full((b, heads, groups, t), _MASKED), jnp.zeros((b, heads, groups, t)),
           jnp.zeros((b, heads, groups, t, d)))
-  _, total, acc = jax.lax.fori_loop(0, limit // chunk + 1, visit, init)
-  return acc / total[..., None]
+  _, total, acc = jax.lax.fori_loop(0, (ends[-1] + b - 1) // b, visit, init)
+  return acc / jnp.where(total > 0, total, 1.0)[..., None]
 
 
 class Attention(nn.Module):
@@ -111,7 +133,8 @@ class Attention(nn.Module):
       kv: this layer's cache (`LayerKV`, `[batch, kv_heads, max_len, head_dim]`), or None.
       starts: with `kv`, `[batch]` the slot where each row's first new token goes; the row's
         queries attend to every slot up to their own.
-      limit: with `kv`, `[]` the highest query slot among the rows that matter (chunked loop).
+      limit: with `kv`, `[batch]` each row's highest query slot that matters, -1 for a row
+        that doesn't (the chunked loop visits only these).
 
     Returns:
       `[batch, seq, hidden]` and the updated `LayerKV` (None without a cache).

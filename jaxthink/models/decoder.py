@@ -89,8 +89,8 @@ class Decoder(nn.Module):
       allowed, starts, limit = token_mask[:, None, :] & causal, None, None
     else:
       allowed, starts = None, kv_cache.lengths
-      # The chunked attention loop runs up to the highest slot a real token is written to.
-      limit = jnp.max(jnp.where(token_mask, starts[:, None] + jnp.arange(t), 0))
+      # The chunked attention loop visits each row up to the highest slot it writes a real token.
+      limit = jnp.max(jnp.where(token_mask, starts[:, None] + jnp.arange(t), -1), axis=1)
 
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="embed_tokens")
