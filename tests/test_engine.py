@@ -64,6 +64,23 @@ def test_greedy_equals_hf_and_static_for_inserted_requests(models):
   assert 0 < ended < len(reqs)
 
 
+def test_drain_halves_the_rows_as_they_finish(models):
+  """Four requests in four slots, budgets 2, 3, 4 and 40 (prefill emits each first token): the loop
+  returns when two rows are done (step 2: 4 x 2 slot-steps), runs the last two rows until one is
+  done (1 step: 2 x 1), then the longest alone (36 steps: 1 x 36)."""
+  _, quant, _ = models
+  budgets = [2, 3, 4, 40]
+  reqs = [Request([5 + i, 9], b) for i, b in enumerate(budgets)]
+  engine = Engine((quant.model, quant.params), slots=4, max_new_tokens=40, eos_ids=())
+  results = engine.run(reqs)
+  stats = engine.stats
+  assert (stats.steps_waiting, stats.steps_drain, stats.slot_steps_drain) == (0, 39, 46)
+  assert stats.tokens_drain == sum(budgets) - len(budgets)
+  static = generate((quant.model, quant.params), [list(r.prompt) for r in reqs],
+                    max_new_tokens=40, budgets=budgets, eos_ids=())
+  assert [r.sequences()[0] for r in results] == static.sequences()
+
+
 def test_sampled_tokens_depend_only_on_seed_and_request(models):
   _, quant, _ = models
   sampling = Sampling(temperature=0.8, top_p=0.9)
@@ -144,6 +161,13 @@ def test_chunked_attention_matches_numpy(bits):
         got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
                                 jnp.asarray(query_slot.max(1)), jnp.float32, chunk)
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-6, err_msg=f"chunk {chunk}")
+      # A row that doesn't matter (-1) visits nothing and gets zeros; the others are unchanged.
+      skip = np.asarray(query_slot.max(1))
+      skip[1] = -1
+      got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
+                              jnp.asarray(skip), jnp.float32, 8)
+      np.testing.assert_array_equal(np.asarray(got)[1], 0.0)
+      np.testing.assert_allclose(np.asarray(got)[[0, 2, 3]], want[[0, 2, 3]], atol=2e-6)
       allowed = np.arange(slots)[None, None] <= np.maximum(query_slot, 0)[..., None]
       dense = dense_attention(jnp.asarray(q), cache, jnp.asarray(allowed), jnp.float32)
       np.testing.assert_allclose(np.asarray(dense), want, atol=2e-6)

@@ -183,12 +183,12 @@ class Engine:
     """Prefills `entering` requests and puts them into rows `free[:len(entering)]`."""
     n = len(entering)
     width = padded_batch_size(min(1 << (n - 1).bit_length(), self.slots), self.mesh)
-    fill = entering + [entering[0]] * (width - n)  # padding rows, dropped by `insert`
+    fill = entering + [entering[0]] * (width - n)  # padding repeats the first request and row
     tokens, lengths = right_padded([prompts[i] for i in fill], self.spec.pad_id)
     seeds = np.asarray([requests[i].seed for i in fill], np.uint32)
     new = prefill(self.spec, self.params, self.ref_params, put_batch(tokens, self.mesh),
                   put_batch(lengths, self.mesh), put_batch(seeds, self.mesh), self.penalty)
-    rows = np.asarray(free[:n] + [self.slots] * (width - n), np.int32)  # out of range: dropped
+    rows = np.asarray(free[:n] + free[:1] * (width - n), np.int32)
     budgets = np.asarray([requests[i].max_new_tokens for i in fill], np.int32)
     return insert(self.spec, state, new, jnp.asarray(rows), jnp.asarray(budgets))
 
@@ -217,7 +217,7 @@ class Engine:
       kept = [kept[i] for i in busy + idle[:width - len(busy)]]
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+@functools.partial(jax.jit, static_argnums=0)  # no donation: the output is smaller
 def _select(spec: LoopSpec, state: DecodeState, rows: jax.Array) -> DecodeState:
   return _constrain(spec, jax.tree.map(lambda x: x[rows], state))
 

@@ -169,22 +169,23 @@ def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, len
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def insert(spec: LoopSpec, state: DecodeState, new: Prefilled, rows: jax.Array,
            budgets: jax.Array) -> DecodeState:
-  """Puts prefilled requests into slots `rows` `[n]` (rows `>= batch` are dropped: padding) with
-  their budgets `[n]`, their first token already recorded; `state` is donated."""
-  reset = lambda buf, value: buf.at[rows].set(value, mode="drop")
-  put = lambda buf, x: buf.at[rows, 0].set(x.astype(buf.dtype), mode="drop")
+  """Puts prefilled requests into slots `rows` `[n]` with their budgets `[n]`, their first token
+  already recorded; `state` is donated. Rows must be in range; a padded batch repeats a request
+  and its row (identical writes). Out-of-range rows would be cheap to drop in a scatter, but
+  XLA:CPU turns a one-row scatter with dropping into a select over the whole cache."""
+  reset = lambda buf, value: buf.at[rows].set(value, mode="promise_in_bounds")
   fresh = state.replace(
       tokens=reset(state.tokens, spec.pad_id),
       records=jax.tree.map(lambda buf: reset(buf, jnp.zeros((), buf.dtype)), state.records))
   s = fresh.replace(
       generated=reset(state.generated, 0), budget=reset(state.budget, budgets),
       ended=reset(state.ended, False), done=reset(state.done, False),
-      keys=state.keys.at[rows].set(new.keys, mode="drop"),
+      keys=reset(state.keys, new.keys),
       cache=insert_rows(state.cache, new.cache, rows),
       ref_cache=None if new.ref_cache is None else insert_rows(state.ref_cache, new.ref_cache,
                                                                rows))
-  active = jnp.zeros(s.done.shape, jnp.bool_).at[rows].set(True, mode="drop")
-  scatter = lambda x: jnp.zeros(s.done.shape, x.dtype).at[rows].set(x, mode="drop")
+  scatter = lambda x: reset(jnp.zeros(s.done.shape, x.dtype), x)
+  active = scatter(jnp.ones(rows.shape, jnp.bool_))
   return _constrain(spec, _record(spec, s, scatter(new.first_token),
                                   jax.tree.map(scatter, new.first), active))
 

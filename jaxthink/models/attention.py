@@ -25,7 +25,7 @@ from jaxthink.models.kv_cache import LayerKV
 from jaxthink.models.layers import Linear, RMSNorm, _rule
 from jaxthink.models.rope import apply_rope
 
-ATTENTION_CHUNK = 512  # slots per step of the chunked loop
+ATTENTION_CHUNK = 256  # slots per piece of the chunked loop (fits decode steps and 32K rows alike)
 _MASKED = float(np.finfo(np.float32).min)  # finite: fully-masked rows stay finite, not NaN
 
 
@@ -80,7 +80,6 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
   chunk = min(chunk, max_len)
   chunks = jnp.where(row_limit >= 0, row_limit // chunk + 1, 0)  # [b] chunks each row visits
   ends = jnp.cumsum(chunks)  # pair i belongs to the row whose [end - chunks, end) holds it
-  per_row = lambda x, row: None if x is None else x[row]
 
   def visit(i, carry):
     best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
@@ -88,8 +87,9 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
     row = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), b - 1)
     c = pair - (ends[row] - chunks[row])  # the chunk within its row
     start = jnp.minimum(c * chunk, max_len - chunk)
-    take = lambda x: None if x is None else jax.vmap(
-        lambda r, s: jax.lax.dynamic_slice_in_dim(x[r], s, chunk, axis=1))(row, start)
+    take = lambda x: None if x is None else jax.vmap(  # one gather of [w, kv, chunk, ...]
+        lambda r, s: jax.lax.dynamic_slice(x, (r, 0, s) + (0,) * (x.ndim - 3),
+                                           (1, x.shape[1], chunk) + x.shape[3:])[0])(row, start)
     slot = start[:, None] + jnp.arange(chunk)  # [w, chunk]
     ok = ((pair < ends[-1])[:, None, None] & (slot >= (c * chunk)[:, None])[:, None]
           & (slot[:, None] <= query_slot[row][..., None]))  # [w, t, chunk]

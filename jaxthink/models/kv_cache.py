@@ -121,17 +121,20 @@ def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.bfloa
 def insert_rows(cache: KVCache, new: KVCache, rows: jax.Array) -> KVCache:
   """`cache` with rows `rows` `[n]` replaced by the `n` rows of `new` (a shorter cache, e.g. a
   prefill's): slots `0 .. new.max_len - 1` are overwritten and each row's length is `new`'s.
-  Slots past that keep stale values, unread since they lie beyond the row's length. Rows
-  `>= cache batch` are dropped (padding of a bucketed prefill batch)."""
-  n = new.max_len
+  Slots past that keep stale values, unread since they lie beyond the row's length. Rows must be
+  in range (a repeated row must repeat its data)."""
 
-  def put(buf, x):
-    return None if buf is None else buf.at[rows, :, :n].set(x.astype(buf.dtype), mode="drop")
+  def put_row(i, layers):
+    # One in-place dynamic_update_slice per row: a scatter of rows becomes, on XLA:CPU, a select
+    # over the whole cache (a full copy per insertion).
+    put = lambda buf, x: None if buf is None else jax.lax.dynamic_update_slice(
+        buf, x[i][None].astype(buf.dtype), (rows[i],) + (0,) * (buf.ndim - 1))
+    return tuple(LayerKV(*(put(getattr(old, f), getattr(l, f)) for f in ("k", "v", "k_scale",
+                                                                            "v_scale")), old.bits)
+                 for old, l in zip(layers, new.layers))
 
-  layers = tuple(LayerKV(*(put(getattr(old, f), getattr(l, f)) for f in ("k", "v", "k_scale",
-                                                                           "v_scale")), old.bits)
-                 for old, l in zip(cache.layers, new.layers))
-  return KVCache(layers=layers, lengths=cache.lengths.at[rows].set(new.lengths, mode="drop"))
+  layers = jax.lax.fori_loop(0, rows.shape[0], put_row, cache.layers)
+  return KVCache(layers=layers, lengths=cache.lengths.at[rows].set(new.lengths))
 
 
 def select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
