@@ -39,19 +39,21 @@ insert / evict to be page-based. Each row's slots must be a whole number of page
 `max_new_tokens` multiple of 16 is enough).
 
 Block sizes are the kernels' documented constraints, not tuned: no accelerator was lent to the
-session that wrote this. On a device mesh the kernel call is not partitioned by XLA (a Pallas call
-is opaque to GSPMD), so this path is for one device per model replica; `chunked` is the sharded one.
+session that wrote this. The TPU kernel runs with `megacore_mode=None`; on v4 / v5p chips (two
+TensorCores run as one device) `"batch"` would split the `batch * kv_heads` sequences (always even
+for the study's models) over both cores, left off because the kernel's docs warn it hangs where
+megacore is not enabled, and it could not be tried on hardware. On a device mesh the kernel call
+is not partitioned by XLA (a Pallas call is opaque to GSPMD), so this path is for one device per
+model replica; `chunked` is the sharded one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged
-from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention as tpu_paged_attention
 
 from jaxthink.models.kv_cache import LayerKV
 
@@ -144,19 +146,20 @@ def paged_decode_attention(q: jax.Array, kv: LayerKV, lengths: jax.Array, kernel
   q_dtype = kv.k.dtype if kv.bits is None else q.dtype
   queries = (q.reshape(b * heads, groups, d).astype(jnp.float32) / math.sqrt(d)).astype(q_dtype)
   seq_lengths = jnp.repeat(jnp.clip(lengths, 1, kv.k.shape[2]).astype(jnp.int32), heads)
+  # Imported here: the model path should not depend on importing both platforms' kernel stacks.
   if kernel == "gpu":
+    from jax.experimental.pallas.ops.gpu import paged_attention as gpu_paged  # noqa: PLC0415
     k_splits = _largest_divisor(pages_per_row, 16)
     per_block = _largest_divisor(pages_per_row // k_splits, _GPU_BLOCK_TOKENS // page, True)
     out = gpu_paged.paged_attention(queries, k_pages, v_pages, page_indices, seq_lengths,
                                     k_scales, v_scales, pages_per_compute_block=per_block,
                                     k_splits=k_splits, interpret=interpret)
   else:
-    call = lambda: tpu_paged_attention(
-        queries, k_pages, v_pages, seq_lengths, page_indices,
-        pages_per_compute_block=_largest_divisor(pages_per_row, _TPU_PAGES_PER_BLOCK))
-    if interpret:
-      with pltpu.force_tpu_interpret_mode():
-        out = call()
-    else:
-      out = call()
+    from jax.experimental.pallas import tpu as pltpu  # noqa: PLC0415
+    from jax.experimental.pallas.ops.tpu.paged_attention import (  # noqa: PLC0415
+        paged_attention as tpu_paged_attention)
+    with pltpu.force_tpu_interpret_mode() if interpret else contextlib.nullcontext():
+      out = tpu_paged_attention(
+          queries, k_pages, v_pages, seq_lengths, page_indices,
+          pages_per_compute_block=_largest_divisor(pages_per_row, _TPU_PAGES_PER_BLOCK))
   return out.astype(jnp.float32).reshape(b, heads, groups, 1, d)
