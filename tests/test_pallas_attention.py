@@ -46,8 +46,8 @@ def _cache(bits, dtype):
 
 # (kernel, kv bits, cache dtype, tolerance): the TPU kernel reads K and V as bf16 whatever the
 # cache holds, and the GPU kernel rounds the scaled queries to a bf16 cache's dtype.
-CASES = [("gpu", None, jnp.float32, 2e-5), ("gpu", 8, jnp.float32, 2e-5),
-         ("gpu", None, jnp.bfloat16, 2e-2), ("tpu", None, jnp.bfloat16, 2e-2)]
+CASES = [("gpu", None, jnp.float32, 2e-6), ("gpu", 8, jnp.float32, 2e-6),
+         ("gpu", None, jnp.bfloat16, 1e-2), ("tpu", None, jnp.bfloat16, 1e-2)]
 
 
 @pytest.mark.parametrize("kernel,bits,dtype,tol", CASES)
@@ -109,8 +109,8 @@ def model(tmp_path_factory):
   return jaxthink.load_pretrained(path, dtype=jnp.float32, tokenizer=False)
 
 
-@pytest.mark.parametrize("option,cache_dtype,tol", [("pallas_gpu", jnp.float32, 1e-4),
-                                                    ("pallas_tpu", jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("option,cache_dtype,tol", [("pallas_gpu", jnp.float32, 1e-6),
+                                                    ("pallas_tpu", jnp.bfloat16, 5e-3)])
 def test_decode_step_through_the_decoder(model, option, cache_dtype, tol):
   """Ragged prompts prefilled into one cache, then one decode step per row: the kernel's logits
   and cache are the chunked path's."""
@@ -128,6 +128,7 @@ def test_decode_step_through_the_decoder(model, option, cache_dtype, tol):
         {"params": model.params}, step, cache.lengths[:, None], jnp.ones((3, 1), bool), cache)
   (want, want_cache), (got, got_cache) = outputs["chunked"], outputs[option]
   assert np.abs(np.asarray(want)).max() > 0.1  # logits of a real scale, not all near zero
+  print(f"{option}: max |logits - chunked logits| {np.abs(np.asarray(got) - np.asarray(want)).max():.2e}")
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=tol)
   np.testing.assert_array_equal(np.asarray(got_cache.lengths), prompt_lengths + 1)
   # The first layer's new keys come before any attention, so they are written identically.
