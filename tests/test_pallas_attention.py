@@ -1,8 +1,8 @@
 """The Pallas decode kernels shipped inside jax, behind `decode_attention`: run in Pallas interpret
 mode on CPU (both the GPU kernel and, through TPU interpret mode, the TPU kernel), each equals
 softmax attention computed in numpy and `chunked_attention` on the same cache, at ragged per-row
-lengths with GQA; a whole decode step of a model gives the chunked path's logits, and greedy
-generation through the compiled loop its tokens."""
+lengths with GQA; a whole decode step of a model gives the chunked path's logits, and the request
+engine (and generation from a kv8 cache) its greedy tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxthink
-from jaxthink.decode import generate
+from jaxthink.decode import Engine, Request, generate
 from jaxthink.models.attention import chunked_attention
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.models.kv_cache import LayerKV, init_kv_cache, quantize_kv
@@ -136,12 +136,24 @@ def test_decode_step_through_the_decoder(model, option, cache_dtype, tol):
 
 
 @pytest.mark.parametrize("option", ["pallas_gpu", "pallas_tpu"])
-def test_greedy_generation_equals_chunked(model, option):
-  """The kernel inside the compiled decode loop: 16 greedy tokens per ragged row, as chunked."""
+def test_engine_with_the_kernel_equals_chunked(model, option):
+  """The kernel inside the request engine's compiled loop: two slots for five ragged requests,
+  three of them inserted into slots freed mid-run; greedy tokens as with chunked attention."""
+  rng = np.random.default_rng(4)
+  requests = [Request(rng.integers(3, 100, n).tolist(), budget, seed=i)
+              for i, (n, budget) in enumerate(zip([5, 17, 9, 30, 3], [16, 4, 11, 7, 16]))]
+  run = lambda name: [r.tokens[0].tolist() for r in Engine(
+      (model.model.clone(decode_attention=name), model.params), slots=2, max_new_tokens=16,
+      eos_ids=()).run(requests)]
+  assert run(option) == run("chunked")
+
+
+def test_int8_cache_generation_equals_chunked(model):
+  """The GPU kernel reads a kv8 cache with its per-token scales: 16 greedy tokens per row."""
   prompts = [list(range(3, 8)), list(range(10, 27)), list(range(30, 60))]
   run = lambda name: generate((model.model.clone(decode_attention=name), model.params), prompts,
-                              max_new_tokens=16, eos_ids=(), pad_id=0).tokens
-  np.testing.assert_array_equal(np.asarray(run(option)), np.asarray(run("chunked")))
+                              max_new_tokens=16, eos_ids=(), kv_bits=8).tokens
+  np.testing.assert_array_equal(np.asarray(run("pallas_gpu")), np.asarray(run("chunked")))
 
 
 def test_unknown_option_is_named(model):
