@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.special import ndtr  # the normal CDF (scipy comes with jax)
+from scipy.special import ndtr  # the standard normal CDF
 
 from jaxthink.models.config import ModelConfig
 from jaxthink.sizing import (GiB, STUDY_MODELS, Topology, _split, kv_bytes_per_token, parse_scheme,
