@@ -21,8 +21,10 @@ measured (`ENGINE_UTILISATION`, a parameter). A step of B rows is priced by a ro
 of the run's mesh: max(bytes read / HBM bandwidth, flops / peak bf16 flops), bytes = its weight
 shard + its rows' resident KV (the same mean resident tokens for both paths: this favours static
 batches, whose chunked attention reads every row up to the batch's highest position), so
-chip-hours = steps x step time x chips. A roofline is a lower bound for both paths; the ratio
-between them is the utilisation ratio when the batch is the same.
+chip-hours = steps x step time x chips. Decode steps only: prefilling a prompt of a few hundred
+tokens is small next to 5-23K generated ones. A roofline is a lower bound for every path; between
+static batches and the engine at the same batch the ratio is the utilisation ratio. With a paged
+pool the engine can hold more rows (`paged_fit`), each step's weight reads shared by more of them.
 """
 
 from __future__ import annotations
@@ -266,14 +268,13 @@ def grid_cost(runs: Sequence[GridRun], engine_utilisation: float = ENGINE_UTILIS
 def grid_table(runs: Sequence[GridRun], engine_utilisation: float = ENGINE_UTILISATION) -> str:
   """Markdown: per model, its slice, requests and chip-hours of the three ways, and the total."""
   cost = grid_cost(runs, engine_utilisation)
-  lines = ["| model | slice | requests | static batches: rows, chip-h | engine: chip-h (saved) | "
-           "engine + paged pool: rows, chip-h (saved) |", "|---|---|---:|---:|---:|---:|"]
-  for model, c in list(cost.items()) + [("**all**", None)]:
-    if c is None:
-      c = {k: sum(c[k] for c in cost.values()) for k in ("requests", "static", "engine", "paged")}
-      c.update(topology="", batch="", paged_batch="")
+  total = {k: sum(c[k] for c in cost.values()) for k in ("requests", "static", "engine", "paged")}
+  lines = ["| model | slice | requests | static batches: batch, chip-h | engine: chip-h (saved) | "
+           "engine + paged pool: rows (up to), chip-h (saved) |", "|---|---|---:|---:|---:|---:|"]
+  table = [(m.rsplit("/", 1)[-1], c["topology"], f"{c['batch']}, ", f"{c['paged_batch']}, ", c)
+           for m, c in cost.items()] + [("**all**", "", "", "", total)]
+  for name, topology, batch, paged_batch, c in table:
     saved = lambda k: f"{c[k]:,.0f} ({c['static'] / c[k]:.2f}x)"
-    lines.append(f"| {model.rsplit('/', 1)[-1]} | {c['topology']} | {c['requests']:,} | "
-                 f"{c['batch']}{', ' if c['batch'] else ''}{c['static']:,.0f} | {saved('engine')} | "
-                 f"{c['paged_batch']}{', ' if c['paged_batch'] else ''}{saved('paged')} |")
+    lines.append(f"| {name} | {topology} | {c['requests']:,} | {batch}{c['static']:,.0f} | "
+                 f"{saved('engine')} | {paged_batch}{saved('paged')} |")
   return "\n".join(lines)
