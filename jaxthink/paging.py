@@ -45,7 +45,7 @@ STUDY_CAP = 32768
 STUDY_MEAN_TOKENS = {"bf16": 5200, "w3a16": 23400}  # R1-Distill-Qwen-1.5B, MATH-500
 ENGINE_UTILISATION = 0.95  # slot utilisation of the request engine while requests wait
 PROMPT_LEN = 512  # prompt slots a row holds (the bucket a study prompt pads to)
-PAGE_SIZE = 64  # tokens per page (the Pallas decode kernels' page, `jaxthink.models.pallas_attention`)
+PAGE_SIZE = 64  # tokens per page (as `jaxthink.models.pallas_attention` pages a cache)
 
 # Per chip: HBM bandwidth (bytes/s) and peak bf16 matmul flops/s (Cloud TPU system architecture).
 CHIP_SPEED = {"v4": (1.2e12, 275e12), "v5litepod": (8.19e11, 197e12), "v5p": (2.765e12, 459e12),
@@ -162,9 +162,9 @@ def paged_table(models: Sequence[str] = PAGED_TABLE_MODELS, schemes=("bf16", "w4
                 topologies: Sequence[str] = PAGED_TABLE_TOPOLOGIES, **kw) -> str:
   """Markdown: per (model, scheme) and slice, `m=<model parallel>: <rows without paging> →
   <with paging>` per replica of m chips, at the least m that holds one unpaged row."""
-  lines = ["| model | scheme (mean tokens) | " + " | ".join(
-               f"{t.replace('v5litepod', 'v5e')} ({parse_topology(t).hbm_bytes_per_chip // GiB} GiB)"
-               for t in topologies) + " |",
+  head = lambda t: (f"{t.replace('v5litepod', 'v5e')} "
+                    f"({parse_topology(t).hbm_bytes_per_chip // GiB} GiB)")
+  lines = ["| model | scheme (mean tokens) | " + " | ".join(map(head, topologies)) + " |",
            "|---|---|" + "---|" * len(topologies)]
   for model in models:
     for i, scheme in enumerate(schemes):

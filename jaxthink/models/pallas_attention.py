@@ -6,7 +6,8 @@
               error (use `chunked`).
   pallas_tpu, pallas_gpu
               that kernel; on CPU it runs in Pallas interpret mode (TPU interpret mode simulates
-              the kernel's DMAs and VMEM), which is how the tests check the wiring. Slow: tests only.
+              the kernel's DMAs and VMEM), which is how the tests check the wiring (slow: tests
+              only).
 Only one-query steps (decoding) use a kernel; prefill and teacher-forced chunks stay `chunked`.
 
 Why these two kernels. Both take the same layout, K and V apart as `[kv_heads, pages, page_size,
@@ -16,11 +17,12 @@ highest position for every row). The others need a copy of the whole cache per l
 `tpu.ragged_paged_attention` wants K and V interleaved in one `[pages, page_size, 2 * kv_heads,
 head_dim]` array (token-major) and takes one scalar scale per cache, not per token;
 `gpu.decode_attention` wants `[batch, slots, kv_heads, head_dim]` and `slots` split evenly into
-`k_splits` blocks of a power-of-two size (it also has no scales). Scope: the GPU kernel reads float
-and int8 caches (our per-token, per-head scales are exactly its `k_scales_pages`); the TPU kernel
-reads float caches only, because its int8 path wants scales broadcast over `head_dim` (a float32
-copy 4x the size of the int8 cache, made every step); int4 caches on neither (accelerators store
-them packed, which neither kernel loads). Those cases raise and name `chunked`.
+`k_splits` blocks of a power-of-two size (it also has no scales). Scope: the GPU kernel reads
+float and int8 caches (our per-token, per-head scales are exactly its `k_scales_pages`); the TPU
+kernel reads float caches only (as bf16 whatever their dtype: it is written for bf16 caches),
+because its int8 path wants scales broadcast over `head_dim` (a float32 copy 4x the size of the
+int8 cache, made every step); int4 caches on neither (accelerators store them packed, which
+neither kernel loads). Those cases raise and name `chunked`.
 
 The layout, for free. Our cache is `[batch, kv_heads, slots, head_dim]` per layer, slot ==
 position, each row contiguous. Viewing it as ONE kv head and `batch * kv_heads` sequences,
@@ -30,13 +32,14 @@ sequence `r = b * kv_heads + h` being (row b, kv head h), is a reshape, no copy:
 head_dim]` (GQA: each kv head's group of query heads), the lengths repeat per head. (Paging the
 batch with the kv heads kept as the kernel's head axis, `page_indices[b, i] = b * pages_per_row +
 i`, would need `[kv_heads, batch, ...]`: a transpose, i.e. a copy of the whole allocated cache per
-layer per step, more than dense attention reads.) What the view does not give is what a natively
-page-major pool would: rows sharing one pool of pages and reserving only the pages they have
-written, so a short row doesn't hold `prompt + max_new_tokens` slots and more rows fit in HBM
-(`jaxthink.sizing.paged_rows` counts them); that needs the cache, its writes and the engine's
-insert / evict to be page-based. Each row's slots must be a whole number of pages:
-`prompt bucket + max_new_tokens` a multiple of 16 (the bucket is a power of two >= 16, so a
-`max_new_tokens` multiple of 16 is enough).
+layer per step, more than dense attention reads.) The view costs nothing per step: each kernel
+sequence holds one kv head's query group, as the kernels' own GQA split would. What it does not
+give is what a natively page-major pool would: rows sharing one pool of pages and reserving only
+the pages they have written, so a short row doesn't hold `prompt + max_new_tokens` slots and more
+rows fit in HBM (2-6x for the study's lengths: `jaxthink.paging.paged_fit`); that needs the cache,
+its writes and the engine's insert / evict to be page-based. Each row's slots must be a whole
+number of pages: `prompt bucket + max_new_tokens` a multiple of 16 (the bucket is a power of two
+>= 16, so a `max_new_tokens` multiple of 16 is enough).
 
 Block sizes are the kernels' documented constraints, not tuned: no accelerator was lent to the
 session that wrote this. The TPU kernel runs with `megacore_mode=None`; on v4 / v5p chips (two
@@ -93,8 +96,8 @@ def page_size_for(slots: int) -> int:
   divides `slots`."""
   page = math.gcd(slots, MAX_PAGE_SIZE)
   if page < MIN_PAGE_SIZE:
-    raise ValueError(f"the Pallas decode kernels read whole pages of >= {MIN_PAGE_SIZE} tokens, but "
-                     f"the cache holds {slots} slots per row (prompt bucket + max_new_tokens): "
+    raise ValueError(f"the Pallas decode kernels read whole pages of >= {MIN_PAGE_SIZE} tokens, "
+                     f"but the cache holds {slots} slots per row (prompt bucket + max_new_tokens): "
                      f"make max_new_tokens a multiple of {MIN_PAGE_SIZE}, or use "
                      "decode_attention='chunked'.")
   return page
