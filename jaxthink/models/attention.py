@@ -1,12 +1,15 @@
 """Grouped-query self-attention with rotary embeddings, optional q/k RMSNorm and a KV cache.
 
-Two ways to attend over a cache (`Decoder.decode_attention`, static):
+Ways to attend over a cache (`Decoder.decode_attention`, static):
   chunked  (default) an online-softmax loop over chunks of `attention_chunk` slots in which each
            row visits only the chunks it has written, so a decode step's cost follows the
            rows' written lengths, not the allocated one (a 32K-token budget costs nothing until
            it is used) nor the longest row's, and a chunked teacher-forced pass never holds
            `[queries, all slots]` scores.
   dense    every allocated slot, masked: the simple reference.
+  pallas, pallas_tpu, pallas_gpu
+           one-token decode steps through the paged-attention kernels shipped inside jax
+           (`jaxthink.models.pallas_attention`); other calls with a cache use `chunked`.
 Quantized caches are read as integers: key scales multiply the scores and value scales the
 probabilities, so no float copy of the cache is made.
 """
@@ -23,9 +26,11 @@ import numpy as np
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.kv_cache import LayerKV
 from jaxthink.models.layers import Linear, RMSNorm, _rule
+from jaxthink.models.pallas_attention import PALLAS_OPTIONS, paged_decode_attention, select_kernel
 from jaxthink.models.rope import apply_rope
 
 ATTENTION_CHUNK = 256  # slots per piece of the chunked loop (fits decode steps and 32K rows alike)
+DECODE_ATTENTION = ("chunked", "dense") + PALLAS_OPTIONS
 _MASKED = float(np.finfo(np.float32).min)  # finite: fully-masked rows stay finite, not NaN
 
 
@@ -140,6 +145,9 @@ class Attention(nn.Module):
       `[batch, seq, hidden]` and the updated `LayerKV` (None without a cache).
     """
     cfg = self.config
+    if self.decode_attention not in DECODE_ATTENTION:
+      raise ValueError(f"decode_attention={self.decode_attention!r} is not one of "
+                       f"{DECODE_ATTENTION}.")
     b, t, _ = x.shape
     linear = lambda name, n, bias: Linear(n, bias, self.dtype, self.param_dtype,
                                           _rule(self.quant, name), name=name)
@@ -162,7 +170,9 @@ class Attention(nn.Module):
     else:  # written first (quantized on write), so attention sees what the cache holds
       kv = kv.write(k, v, starts)
       query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
-      if self.decode_attention == "chunked":
+      if self.decode_attention in PALLAS_OPTIONS and t == 1:
+        out = paged_decode_attention(q, kv, starts + 1, *select_kernel(self.decode_attention))
+      elif self.decode_attention != "dense":
         out = chunked_attention(q, kv, query_slot, limit, self.dtype, self.attention_chunk)
       else:
         key_slot = jnp.arange(kv.k.shape[2])

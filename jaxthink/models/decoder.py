@@ -49,8 +49,10 @@ class Decoder(nn.Module):
     dtype: compute dtype of activations (float32 or bfloat16).
     param_dtype: dtype parameters are created in by `init`.
     quant: quantization rules (`jaxthink.quant`) with `.for_layer(name)`, or None for float.
-    decode_attention: "chunked" (cost follows the written length) or "dense" (every allocated
-      slot) for one-token steps over a cache (`jaxthink.models.attention`).
+    decode_attention: "chunked" (cost follows the written length), "dense" (every allocated
+      slot), or "pallas" (jax's Pallas paged-attention kernel for the TPU / GPU; "pallas_tpu" /
+      "pallas_gpu" force one, interpreted on CPU) for one-token steps over a cache
+      (`jaxthink.models.attention`, `jaxthink.models.pallas_attention`).
     attention_chunk: slots per step of the chunked attention loop.
   """
 
