@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxthink.decode.generate import (DecodeResult, _model_and_params, _prompt_rows,
-                                      bucket_length, right_padded)
-from jaxthink.decode.loop import LoopSpec, _constrain, decode, init_state, insert, prefill
-from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_numpy
+from jaxthink.decode.generate import (DecodeResult, _prompt_rows, bucket_length, loop_setup,
+                                      right_padded)
+from jaxthink.decode.loop import decode, init_state, insert, prefill, select
+from jaxthink.decode.mesh import padded_batch_size, put_batch, to_numpy
 from jaxthink.decode.penalty import MarkerPenalty
 from jaxthink.decode.sampling import Sampling
 from jaxthink.decode.state import DecodeState
@@ -98,28 +98,15 @@ class Engine:
                eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
                kv_bits: int | None = None, cache_dtype: Any = None, mesh: Mesh | None = None,
                sync_every: int | None = None, shrink_drain: bool = True):
-    model, params = _model_and_params(policy)
-    config = model.config
-    ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
-    if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
-      raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) "
-                       f"differs from the policy's ({config.vocab_size}); KL needs the same "
-                       "tokenizer.")
-    if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
     if slots < 1 or slots != padded_batch_size(slots, mesh):
       raise ValueError(f"slots={slots} must be a positive multiple of the mesh's 'data' axis.")
+    self.spec, self.params, self.ref_params = loop_setup(
+        policy, reference, max_new_tokens=max_new_tokens, sampling=sampling, penalty=penalty,
+        eos_ids=eos_ids, pad_id=pad_id, kv_bits=kv_bits, cache_dtype=cache_dtype, mesh=mesh)
+    config = self.spec.policy.config
     self.slots, self.mesh, self.shrink_drain = slots, mesh, shrink_drain
     self.sync_every = int(sync_every or max_new_tokens)
     self.vocab_size = config.vocab_size
-    self.spec = LoopSpec(
-        policy=model, reference=ref_model, sampling=sampling, penalty_mode=penalty.mode,
-        eos_ids=tuple(config.eos_token_ids if eos_ids is None else (int(i) for i in eos_ids)),
-        pad_id=int(pad_id if pad_id is not None else (config.pad_token_id or 0)),
-        max_new_tokens=int(max_new_tokens), kv_bits=kv_bits,
-        cache_dtype=jnp.dtype(cache_dtype or model.dtype), mesh=mesh)
-    self.params = place_params(params, mesh)
-    self.ref_params = None if ref_model is None else place_params(ref_params, mesh)
     self.penalty = penalty.arrays(config.vocab_size)
     self.stats = EngineStats()
 
@@ -211,15 +198,10 @@ class Engine:
       busy = [i for i, row in enumerate(kept) if occupant[row] is not None]
       if len(busy) > width or width < 1 or width != padded_batch_size(width, self.mesh):
         if len(kept) < len(occupant):
-          state = _select(self.spec, state, jnp.asarray(kept, jnp.int32))
+          state = select(self.spec, state, jnp.asarray(kept, jnp.int32))
         return state, kept
       idle = [i for i, row in enumerate(kept) if occupant[row] is None]
       kept = [kept[i] for i in busy + idle[:width - len(busy)]]
-
-
-@functools.partial(jax.jit, static_argnums=0)  # no donation: the output is smaller
-def _select(spec: LoopSpec, state: DecodeState, rows: jax.Array) -> DecodeState:
-  return _constrain(spec, jax.tree.map(lambda x: x[rows], state))
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -92,33 +92,20 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
     prompt_mask: `[batch, len]` bool, True at real tokens of an array `prompts`.
     cache_dtype: float KV cache dtype; default: the policy's compute dtype.
   """
-  model, params = _model_and_params(policy)
-  config = model.config
+  spec, params, ref_params = loop_setup(
+      policy, reference, max_new_tokens=max_new_tokens, sampling=sampling, penalty=penalty,
+      eos_ids=eos_ids, pad_id=pad_id, kv_bits=kv_bits, cache_dtype=cache_dtype, mesh=mesh)
+  config = spec.policy.config
   rows = _prompt_rows(prompts, prompt_mask, config.vocab_size)
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
   budgets = np.broadcast_to(np.asarray(max_new_tokens if budgets is None else budgets, np.int32),
                             (len(rows),))
   if budgets.min() < 1 or budgets.max() > max_new_tokens:
     raise ValueError(f"budgets must lie in [1, max_new_tokens={max_new_tokens}].")
-  ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
-  if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
-    raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) differs "
-                     f"from the policy's ({config.vocab_size}); KL needs the same tokenizer.")
-  eos_ids = tuple(config.eos_token_ids if eos_ids is None else (int(i) for i in eos_ids))
-  pad_id = int(pad_id if pad_id is not None else (config.pad_token_id or 0))
-
   batch = len(rows)
   padded = padded_batch_size(batch, mesh)
   rows = rows + [rows[0]] * (padded - batch)  # filler rows, dropped from the result
   budgets = np.concatenate([budgets, np.ones(padded - batch, np.int32)])
-  tokens, lengths = right_padded(rows, pad_id)
-  spec = LoopSpec(policy=model, reference=ref_model, sampling=sampling,
-                  penalty_mode=penalty.mode, eos_ids=eos_ids, pad_id=pad_id,
-                  max_new_tokens=int(max_new_tokens), kv_bits=kv_bits,
-                  cache_dtype=jnp.dtype(cache_dtype or model.dtype), mesh=mesh)
-  params = place_params(params, mesh)
-  ref_params = None if ref_model is None else place_params(ref_params, mesh)
+  tokens, lengths = right_padded(rows, spec.pad_id)
   arrays = penalty.arrays(config.vocab_size)
   # The static path: every row enters at once and the batch runs until its last row is done
   # (`jaxthink.decode.engine` refills finished rows instead).
@@ -141,6 +128,30 @@ def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray
   for i, row in enumerate(rows):
     tokens[i, :len(row)] = row
   return tokens, lengths
+
+
+def loop_setup(policy, reference, *, max_new_tokens: int, sampling: Sampling,
+               penalty: MarkerPenalty, eos_ids: Sequence[int] | None, pad_id: int | None,
+               kv_bits: int | None, cache_dtype: Any, mesh: Mesh | None
+               ) -> tuple[LoopSpec, Any, Any]:
+  """The loop's static spec and the placed params of `policy` and `reference` (None without),
+  checked, with the defaults `generate` documents: shared by the static path and the engine."""
+  model, params = _model_and_params(policy)
+  config = model.config
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+  ref_model, ref_params = (None, None) if reference is None else _model_and_params(reference)
+  if ref_model is not None and ref_model.config.vocab_size != config.vocab_size:
+    raise ValueError(f"the reference model's vocabulary ({ref_model.config.vocab_size}) differs "
+                     f"from the policy's ({config.vocab_size}); KL needs the same tokenizer.")
+  spec = LoopSpec(
+      policy=model, reference=ref_model, sampling=sampling, penalty_mode=penalty.mode,
+      eos_ids=tuple(config.eos_token_ids if eos_ids is None else (int(i) for i in eos_ids)),
+      pad_id=int(pad_id if pad_id is not None else (config.pad_token_id or 0)),
+      max_new_tokens=int(max_new_tokens), kv_bits=kv_bits,
+      cache_dtype=jnp.dtype(cache_dtype or model.dtype), mesh=mesh)
+  return (spec, place_params(params, mesh),
+          None if ref_model is None else place_params(ref_params, mesh))
 
 
 def _model_and_params(model) -> tuple[Decoder, Any]:

@@ -26,7 +26,7 @@ from jaxthink.decode.sampling import Sampling, choose_tokens, row_keys
 from jaxthink.decode.state import DecodeState, Prefilled, TokenRecords
 from jaxthink.decode.stats import entropy, kl_divergence, log_probs, token_log_prob
 from jaxthink.models.decoder import Decoder
-from jaxthink.models.kv_cache import KVCache, init_kv_cache, insert_rows
+from jaxthink.models.kv_cache import init_kv_cache, insert_rows
 
 # `marker_in_top` looks at this many most likely tokens (the study's top-20 candidates).
 TOP_CANDIDATES = 20
@@ -218,3 +218,9 @@ def decode(spec: LoopSpec, params: Any, ref_params: Any, state: DecodeState,
     return _constrain(spec, s), steps + 1
 
   return jax.lax.while_loop(running, step, (state, jnp.zeros((), jnp.int32)))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # no donation: the result is smaller
+def select(spec: LoopSpec, state: DecodeState, rows: jax.Array) -> DecodeState:
+  """The state of rows `rows` `[n]` only (the engine's drain compacts its busy rows)."""
+  return _constrain(spec, jax.tree.map(lambda x: x[rows], state))
