@@ -102,12 +102,12 @@ def test_gptq_matches_reference_transcription(case):
                 block_size=options.get("blocksize", 128), act_order=options.get("actorder", False),
                 static_groups=options.get("static_groups", False))
   with jax.enable_x64(True):
-    q64, s64 = gptq(jnp.asarray(kernel), jnp.asarray(hessian), **kwargs)
+    q64, s64, _ = gptq(jnp.asarray(kernel), jnp.asarray(hessian), **kwargs)
     q64, s64 = np.asarray(q64), np.asarray(s64)
   same64 = np.mean(q64 == ref_q)
   same32 = float("nan")
   if case == "act_order_static_g128":  # float32, as quantize() runs it
-    q32, _ = gptq(jnp.asarray(kernel, jnp.float32), jnp.asarray(hessian, jnp.float32), **kwargs)
+    q32, _, _ = gptq(jnp.asarray(kernel, jnp.float32), jnp.asarray(hessian, jnp.float32), **kwargs)
     same32 = np.mean(np.asarray(q32) == ref_q)
     assert same32 > 0.99
   top = 2 ** (options["bits"] - 1) - 1

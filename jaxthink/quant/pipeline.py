@@ -8,6 +8,8 @@ on the float model's activations; GPTQ's reference code instead feeds the quanti
 outputs forward). Methods:
 
 * rtn: AQT's own abs-max calibration of the (unchanged) kernel.
+* zero-point grids (`symmetric: false`, weight-only): every method's integers, scales and zero
+  points are stored directly (`jaxthink.quant.zero_point`), AQT has no zero-point numerics.
 * gptq: error-compensated integers and scales (linears sharing an input share one Hessian and are
   solved together); AQT converts `q * scale` with its scale fixed to `scale`, which gives back
   exactly these integers (checked).
@@ -31,13 +33,13 @@ import numpy as np
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.layers import Linear
-from jaxthink.quant import awq, smoothquant
+from jaxthink.quant import awq, smoothquant, zero_point
 from jaxthink.quant.aqt_linear import LinearQuant, QuantRules, convert_linear
 from jaxthink.quant.calibrate import (INPUT_OF, BlockRunner, CalibrationData, InputStats,
                                       calibration_data)
 from jaxthink.quant.gptq import gptq
 from jaxthink.quant.metrics import dequantize_frozen, mean_token_kl, weight_bytes
-from jaxthink.quant.numerics import dequantize, gram_error, qmax
+from jaxthink.quant.numerics import dequantize, gram_error, qmax, quantize_asym
 from jaxthink.quant.sharding import shard_params
 from jaxthink.quant.spec import QuantConfigError, QuantSpec
 
@@ -86,7 +88,7 @@ def quantize(model_config: ModelConfig, params: Any, spec: QuantSpec,
   model = Decoder(model_config, dtype=dtype, param_dtype=dtype, quant=rules)
   report: dict[str, Any] = {"scheme": spec.scheme, "method": spec.method,
                             "group_size": spec.resolved_group_size(), "kv_bits": spec.kv_bits,
-                            "symmetric": True, "spec": dataclasses.asdict(spec)}
+                            "symmetric": spec.resolved_symmetric(), "spec": dataclasses.asdict(spec)}
   if rules is None:
     return model, params, report
   data = _calibration(spec, calibration_tokens, tokenizer, model_config)
@@ -152,13 +154,20 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     if r is None:
       continue
     kernel, bound = t.params[SCOPE[n]][n]["kernel"], t.bounds.get(n)
-    if n in integers:
-      q, scale = integers[n]
-      kernel, bound = dequantize(q, scale, r.group_size), scale * qmax(r.weight_bits)
-    frozen = convert_linear(r, kernel, bound)
-    if n in integers and not _same_integers(frozen, q):
-      raise RuntimeError(f"AQT's convert did not reproduce GPTQ's integers for layer {n}.")
-    served = {"aqt": frozen["aqt"]}
+    if not r.symmetric:
+      q, scale, zero = integers[n] if n in integers else quantize_asym(
+          kernel, r.weight_bits, r.group_size, bound)
+      frozen = zero_point.freeze(q, scale, zero, r.weight_bits, r.group_size)
+      dequantized = zero_point.dequantize(frozen["zq"])
+    else:
+      if n in integers:
+        q, scale, _ = integers[n]
+        kernel, bound = dequantize(q, scale, r.group_size), scale * qmax(r.weight_bits)
+      frozen = convert_linear(r, kernel, bound)
+      if n in integers and not _same_integers(frozen, q):
+        raise RuntimeError(f"AQT's convert did not reproduce GPTQ's integers for layer {n}.")
+      dequantized = dequantize_frozen(frozen["aqt"]["qrhs"])
+    served = dict(frozen)
     if "bias" in out[SCOPE[n]][n]:
       served["bias"] = out[SCOPE[n]][n]["bias"]
     out[SCOPE[n]][n] = served
@@ -168,7 +177,7 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     key, out_scale = INPUT_OF[n], t.out_scale.get(n, 1.0)
     # Errors in the original output coordinates (folding may have rescaled this layer's outputs).
     w = t.params[SCOPE[n]][n]["kernel"] * out_scale
-    delta = (t.params[SCOPE[n]][n]["kernel"] - dequantize_frozen(frozen["aqt"]["qrhs"])) * out_scale
+    delta = (t.params[SCOPE[n]][n]["kernel"] - dequantized) * out_scale
     t.info[n]["calib_rel_error"] = float(gram_error(delta, t.stats[key].gram)
                                          / gram_error(w, t.stats[key].gram))
     if stats[key].heldout.shape[0]:
@@ -271,7 +280,8 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
       expand = jnp.arange(st.abs_mean.shape[0])
       x_mean = st.abs_mean
     kernels = tuple(t.params[SCOPE[n]][n]["kernel"] for n in active)
-    settings = tuple((t.rules[n].weight_bits, t.rules[n].group_size) for n in active)
+    settings = tuple((t.rules[n].weight_bits, t.rules[n].group_size, t.rules[n].symmetric)
+                     for n in active)
     s, alpha = awq.search_scale(kernels, settings, st.gram, x_mean, expand, grid=spec.awq_grid)
     _fold(t, prev, names, s, expand)
     t.stats[key] = st.scaled(1 / s[expand])
@@ -282,25 +292,28 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
       if r is not None and n not in ("q_proj", "k_proj"):  # as the reference: no q/k clipping
         t.bounds[n] = awq.search_clip(t.params[SCOPE[n]][n]["kernel"], t.stats[INPUT_OF[n]].gram,
                                       bits=r.weight_bits, group_size=r.group_size,
-                                      grid=spec.awq_grid)
+                                      grid=spec.awq_grid, symmetric=r.symmetric)
 
 
-def _gptq(work, stats, rule, spec: QuantSpec) -> dict[str, tuple[jax.Array, jax.Array]]:
+def _gptq(work, stats, rule, spec: QuantSpec) -> dict[str, tuple[jax.Array, ...]]:
   """GPTQ per shared input: linears with the same input and setting are solved as one kernel (the
   algorithm treats output channels independently given the Hessian)."""
   result = {}
   for key in ("attn_in", "o_in", "mlp_in", "down_in"):
     by_setting: dict[tuple, list[str]] = {}
     for n in (n for n in SCOPE if INPUT_OF[n] == key and rule[n] is not None):
-      by_setting.setdefault((rule[n].weight_bits, rule[n].group_size), []).append(n)
-    for (bits, group_size), names in by_setting.items():
+      by_setting.setdefault((rule[n].weight_bits, rule[n].group_size, rule[n].symmetric),
+                            []).append(n)
+    for (bits, group_size, symmetric), names in by_setting.items():
       kernels = [work[SCOPE[n]][n]["kernel"] for n in names]
-      q, scale = gptq(jnp.concatenate(kernels, axis=1), stats[key].gram, bits=bits,
-                      group_size=group_size, damp=spec.damp, block_size=spec.block_size,
-                      act_order=spec.act_order, static_groups=spec.static_groups)
+      q, scale, zero = gptq(jnp.concatenate(kernels, axis=1), stats[key].gram, bits=bits,
+                            group_size=group_size, damp=spec.damp, block_size=spec.block_size,
+                            act_order=spec.act_order, static_groups=spec.static_groups,
+                            symmetric=symmetric)
       start = 0
       for n, k in zip(names, kernels):
         width = k.shape[1]
-        result[n] = (q[:, start:start + width], scale[:, start:start + width])
+        part = slice(start, start + width)
+        result[n] = (q[:, part], scale[:, part], None if zero is None else zero[:, part])
         start += width
   return result

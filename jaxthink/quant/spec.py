@@ -104,6 +104,9 @@ class QuantSpec:
     group_size: input channels sharing one scale; None takes the scheme's default (128 for
       w4a16/w3a16, per channel otherwise), -1 means per channel.
     kv_bits: None, 8 or 4: KV-cache quantization, applied by the decode engine's cache.
+    symmetric: the weight grid. False: a zero point per group and output channel (min/max range,
+      weight-only schemes); True: symmetric (`max |w|`). None (default) takes the studies'
+      choice: asymmetric for GPTQ / AWQ at 3 and 4 bits weight-only, symmetric otherwise.
     rules: which linears are quantized (first full match of `LayerRule.pattern` wins).
     calibration: calibration text (used by gptq/awq/smoothquant, and by every method for the
       per-layer error report).
@@ -121,6 +124,7 @@ class QuantSpec:
   method: str = "rtn"
   group_size: int | None = None
   kv_bits: int | None = None
+  symmetric: bool | None = None
   rules: tuple[LayerRule, ...] = (LayerRule(r".*"),)
   calibration: CalibrationSpec = CalibrationSpec()
   damp: float = 0.01
@@ -148,6 +152,11 @@ class QuantSpec:
       raise QuantConfigError(f"kv_bits={self.kv_bits!r} is not supported; use one of "
                              f"{list(KV_BITS)}.")
     _check_group_size(self.group_size, "group_size")
+    if self.symmetric is False and self.act_bits is not None:
+      raise QuantConfigError(
+          f"symmetric: false (zero-point weights) is for weight-only schemes (w8a16, w4a16, "
+          f"w3a16), not {self.scheme!r}: its int x int product needs symmetric weights. Drop "
+          "`symmetric` or use a weight-only scheme.")
     if not self.rules:
       raise QuantConfigError("rules is empty: no layer would be quantized. Use the default "
                              "[{pattern: '.*'}] to quantize every linear of the blocks.")
@@ -168,6 +177,13 @@ class QuantSpec:
   @property
   def act_bits(self) -> int | None:
     return SCHEMES[self.scheme].act_bits
+
+  def resolved_symmetric(self) -> bool:
+    """The weight grid: the explicit `symmetric`, else the studies' default."""
+    if self.symmetric is not None:
+      return self.symmetric
+    return not (self.method in ("gptq", "awq") and self.act_bits is None
+                and self.weight_bits in (3, 4))
 
   @property
   def needs_calibration(self) -> bool:
