@@ -24,5 +24,6 @@ from jaxthink.quant.checkpoint import load_quantized, save_quantized
 from jaxthink.quant.metrics import dequantize_frozen, frozen_layers, mean_token_kl, weight_bytes
 from jaxthink.quant.pipeline import quantize
 from jaxthink.quant.sharding import param_shardings, quant_param_spec, shard_params
+from jaxthink.quant import zero_point
 from jaxthink.quant.spec import (METHODS, SCHEMES, CalibrationSpec, LayerRule, QuantConfigError,
                                  QuantSpec)

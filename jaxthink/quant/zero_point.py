@@ -57,8 +57,11 @@ def dot(module: nn.Module, x: jax.Array, features: int, bits: int,
       "value": jnp.zeros((groups, size, features), store),
       "scale": jnp.ones((groups, features), jnp.float32),
       "zero": jnp.zeros((groups, features), store)})
+  # XLA:CPU has no batched bf16 x bf16 -> f32 dot: there, operands go up to float32, which holds
+  # the bf16 inputs and the integers exactly (same product, float32 accumulation either way).
+  operand = jnp.float32 if jax.default_backend() == "cpu" else module.dtype
   xg = x.astype(module.dtype).reshape(x.shape[:-1] + (groups, size))
-  partial = jnp.einsum("...gi,gio->...go", xg, zq["value"].astype(module.dtype),
+  partial = jnp.einsum("...gi,gio->...go", xg.astype(operand), zq["value"].astype(operand),
                        preferred_element_type=jnp.float32)
   x_sum = jnp.sum(xg.astype(jnp.float32), axis=-1)  # [..., groups]
   scale = zq["scale"].astype(jnp.float32)
