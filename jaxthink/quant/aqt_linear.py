@@ -33,9 +33,9 @@ from aqt.jax.v2.numerics import int_numerics
 from aqt.jax.v2.utils import QuantMode
 
 from jaxthink.models.layers import Linear
-from jaxthink.quant import zero_point
+from jaxthink.quant import flatquant, zero_point
 from jaxthink.quant.numerics import storage_dtype
-from jaxthink.quant.spec import LayerRule, QuantSpec, match_layer
+from jaxthink.quant.spec import TRANSFORMS, LayerRule, QuantSpec, match_layer
 
 _MODES = {"convert": QuantMode.CONVERT, "serve": QuantMode.SERVE}
 
@@ -49,6 +49,7 @@ class LinearQuant:
   group_size: int | None = None
   mode: str = "serve"
   symmetric: bool = True  # False: weight-only with a zero point, served by `zero_point`
+  transform: bool = False  # an online activation transform (`flatquant`) before the product
 
   def dot(self, module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     """`x` `[..., in]` times the layer's quantized kernel -> `[..., features]`."""
@@ -62,6 +63,9 @@ class LinearQuant:
           else None
       x = x.astype(jnp.float32)
     else:
+      if self.transform:  # the layer's own `flat` params: x T (T^-1 is folded into its weights)
+        flat = module.param("flat", lambda _: flatquant.identity(in_features))
+        x = flatquant.online(x, flat)
       # No float kernel in serve mode: AQT ignores this placeholder and reads the frozen integers.
       kernel = jnp.zeros((in_features, features), module.dtype)
       bound = None
@@ -104,6 +108,7 @@ class QuantRules:
   group_size: int | None = None
   rules: tuple[LayerRule, ...] = (LayerRule(r".*"),)
   symmetric: bool = True
+  transform: bool = False
 
   @classmethod
   def from_spec(cls, spec: QuantSpec) -> "QuantRules | None":
@@ -111,7 +116,7 @@ class QuantRules:
     if spec.weight_bits is None:
       return None
     return cls(spec.weight_bits, spec.act_bits, spec.resolved_group_size(), spec.rules,
-               spec.resolved_symmetric())
+               spec.resolved_symmetric(), spec.method in TRANSFORMS)
 
   def for_layer(self, name: str) -> "QuantRules":
     del name  # rules match the full path, known only inside the layer (`dot`)
@@ -122,7 +127,8 @@ class QuantRules:
     setting = match_layer(self.rules, path, self.weight_bits, self.group_size)
     if setting is None:
       return None
-    return LinearQuant(setting[0], self.act_bits, setting[1], symmetric=self.symmetric)
+    return LinearQuant(setting[0], self.act_bits, setting[1], symmetric=self.symmetric,
+                       transform=self.transform)
 
   def dot(self, module: nn.Module, x: jax.Array, features: int) -> jax.Array | None:
     """Returns None for a layer the rules leave in float (`Linear` then uses its float kernel)."""

@@ -16,6 +16,10 @@ outputs forward). Methods:
 * awq: per-channel scales folded into the op before (RMSNorm -> q/k/v and gate/up, v -> o, up ->
   down), optional clipping range per group, which becomes AQT's fixed scale.
 * smoothquant: alpha-migration folded into both RMSNorms, then w8a8 RTN.
+* hadamard / flatquant (w4a4, w8a8): per linear input a transform `T` (`jaxthink.quant.flatquant`:
+  a rotation, or learned on the block's raw calibration inputs); `T^-1 W` is folded into the
+  weights (RTN per channel, FlatQuant's learned clipping as AQT's fixed scale), `x T` runs online
+  from the layer's `flat` params before AQT's per-token activation quantization.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ import numpy as np
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.layers import Linear
-from jaxthink.quant import awq, smoothquant, zero_point
+from jaxthink.quant import awq, flatquant, smoothquant, zero_point
 from jaxthink.quant.aqt_linear import LinearQuant, QuantRules, convert_linear
 from jaxthink.quant.calibrate import (INPUT_OF, BlockRunner, CalibrationData, InputStats,
                                       calibration_data)
 from jaxthink.quant.gptq import gptq
 from jaxthink.quant.metrics import dequantize_frozen, mean_token_kl, weight_bytes
-from jaxthink.quant.numerics import dequantize, gram_error, qmax, quantize_asym
+from jaxthink.quant.numerics import absmax_bound, dequantize, gram_error, qmax, quantize_asym
 from jaxthink.quant.sharding import shard_params
-from jaxthink.quant.spec import QuantConfigError, QuantSpec
+from jaxthink.quant.spec import TRANSFORMS, QuantConfigError, QuantSpec
 
 SCOPE = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
          "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
@@ -104,10 +108,13 @@ def quantize(model_config: ModelConfig, params: Any, spec: QuantSpec,
   layers: dict[str, Any] = {}
   for i in range(model_config.num_layers):
     name = f"layers_{i}"
-    stats = None
+    stats = raw = None
     if data is not None:
+      if spec.method in TRANSFORMS:
+        raw = runner.inputs(params[name], x, spec.calibration.batch_size, spec.transform_tokens)
       stats, x, xh = runner.statistics(params[name], x, xh, spec.calibration.batch_size)
-    qparams[name], info = _quantize_block(spec, rules, model_config, i, qparams[name], stats, dtype)
+    qparams[name], info = _quantize_block(spec, rules, model_config, i, qparams[name], stats, dtype,
+                                          raw)
     layers.update({f"{name}/{SCOPE[k]}/{k}": v for k, v in info.items() if v})
     if log is not None:
       errors = [v["heldout_rel_error"] for v in info.values() if "heldout_rel_error" in v]
@@ -145,9 +152,10 @@ def _calibration(spec: QuantSpec, tokens, tokenizer, config: ModelConfig) -> Cal
 
 
 def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, index: int,
-                    block: Any, stats: dict[str, InputStats] | None, dtype) -> tuple[Any, dict]:
+                    block: Any, stats: dict[str, InputStats] | None, dtype,
+                    raw: dict[str, jax.Array] | None = None) -> tuple[Any, dict]:
   """One decoder block's served params and per-linear report entries."""
-  t = transform_block(spec, rules, config, index, block, stats)
+  t = transform_block(spec, rules, config, index, block, stats, raw)
   integers = _gptq(t.params, stats, t.rules, spec) if spec.method == "gptq" else {}
   out = jax.tree.map(lambda w, o: w.astype(o.dtype), t.params, flax.core.unfreeze(block))
   for n, r in t.rules.items():
@@ -167,7 +175,8 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
       if n in integers and not _same_integers(frozen, q):
         raise RuntimeError(f"AQT's convert did not reproduce GPTQ's integers for layer {n}.")
       dequantized = dequantize_frozen(frozen["aqt"]["qrhs"])
-    served = dict(frozen)
+    weights = {**frozen, "flat": t.online[n]} if n in t.online else frozen
+    served = dict(weights)
     if "bias" in out[SCOPE[n]][n]:
       served["bias"] = out[SCOPE[n]][n]["bias"]
     out[SCOPE[n]][n] = served
@@ -182,7 +191,7 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
                                          / gram_error(w, t.stats[key].gram))
     if stats[key].heldout.shape[0]:
       t.info[n]["heldout_rel_error"] = float(_heldout_error(
-          r, dtype, frozen, t.stats[key].heldout, stats[key].heldout,
+          r, dtype, weights, t.stats[key].heldout, stats[key].heldout,
           jnp.asarray(block[SCOPE[n]][n]["kernel"], jnp.float32), jnp.asarray(out_scale)))
   return out, t.info
 
@@ -197,11 +206,14 @@ class BlockTransform:
   rules: dict[str, LinearQuant | None]  # each linear's quantization (None: stays float)
   out_scale: dict[str, jax.Array]  # per output channel: the factor folding divided it by
   info: dict[str, dict[str, Any]]  # report entries per linear
+  online: dict[str, Any] = dataclasses.field(default_factory=dict)  # served `flat` transforms
 
 
 def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, index: int,
-                    block: Any, stats: dict[str, InputStats] | None) -> BlockTransform:
-  """Applies the method's scale folding (none for rtn / gptq) to block `index`."""
+                    block: Any, stats: dict[str, InputStats] | None,
+                    raw: dict[str, jax.Array] | None = None) -> BlockTransform:
+  """Applies the method's scale folding or transform (none for rtn / gptq) to block `index`;
+  `raw`: the block's raw calibration inputs (flatquant)."""
   t = BlockTransform(
       params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), flax.core.unfreeze(block)),
       stats=stats, bounds={}, rules={n: rules.layer(f"layers_{index}/{SCOPE[n]}/{n}")
@@ -211,6 +223,8 @@ def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     _smooth(t, spec)
   elif spec.method == "awq":
     _awq(t, spec, config)
+  elif spec.method in TRANSFORMS:
+    _transform(t, spec, raw)
   return t
 
 
@@ -293,6 +307,39 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
         t.bounds[n] = awq.search_clip(t.params[SCOPE[n]][n]["kernel"], t.stats[INPUT_OF[n]].gram,
                                       bits=r.weight_bits, group_size=r.group_size,
                                       grid=spec.awq_grid, symmetric=r.symmetric)
+
+
+def _transform(t: BlockTransform, spec: QuantSpec, raw: dict[str, jax.Array] | None) -> None:
+  """One transform per linear input, shared by the linears reading it."""
+  if spec.method == "flatquant" and raw is None:
+    raise QuantConfigError("method 'flatquant' learns its transforms from calibration data: pass "
+                           "calibration_tokens=... or tokenizer=....")
+  t.stats = None if t.stats is None else dict(t.stats)
+  for key in ("attn_in", "o_in", "mlp_in", "down_in"):
+    names = [n for n in SCOPE if INPUT_OF[n] == key and t.rules[n] is not None]
+    if not names:
+      continue
+    kernels = [t.params[SCOPE[n]][n]["kernel"] for n in names]
+    r = t.rules[names[0]]
+    if spec.method == "hadamard":
+      transform, clips, info = flatquant.hadamard(kernels[0].shape[0]), None, {}
+    else:
+      transform, clips, info = flatquant.learn(
+          raw[key], kernels, weight_bits=r.weight_bits, act_bits=r.act_bits,
+          steps=spec.transform_steps, lr=spec.transform_lr, seed=spec.calibration.seed)
+    for i, n in enumerate(names):
+      folded = flatquant.fold(kernels[i], transform)
+      t.params[SCOPE[n]][n]["kernel"] = folded
+      t.online[n] = flatquant.served(transform)
+      if clips is not None:
+        t.bounds[n] = absmax_bound(folded, r.group_size) * clips[i][None, :]
+      t.info[n].update({f"transform_{k}": v for k, v in info.items()})
+    if t.stats is not None:
+      # Weight-rounding errors are measured on x T; held-out inputs stay raw (served online).
+      m = flatquant.matrix(transform)
+      st = t.stats[key]
+      t.stats[key] = InputStats(jnp.dot(m.T, jnp.dot(st.gram, m, precision=_HP), precision=_HP),
+                                st.abs_mean, st.abs_max, st.heldout)
 
 
 def _gptq(work, stats, rule, spec: QuantSpec) -> dict[str, tuple[jax.Array, ...]]:

@@ -33,7 +33,8 @@ SCHEMES = {
     "w8a8": Scheme(8, 8, None),
     "w4a4": Scheme(4, 4, None),
 }
-METHODS = ("rtn", "gptq", "awq", "smoothquant")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "hadamard", "flatquant")
+TRANSFORMS = ("hadamard", "flatquant")  # online activation transforms, weight-and-activation only
 PER_CHANNEL = -1  # `group_size: -1` asks for one scale per output channel (GPTQ's convention)
 
 
@@ -118,6 +119,8 @@ class QuantSpec:
     awq_grid: AWQ scale-exponent grid size (alpha in {0, 1/grid, ..., (grid-1)/grid}).
     awq_clip: AWQ also searches a clipping range per group.
     smooth_alpha: SmoothQuant migration strength.
+    transform_steps / transform_lr / transform_tokens: FlatQuant's AdamW steps, learning rate
+      and calibration tokens per linear input (`jaxthink.quant.flatquant`).
   """
 
   scheme: str = "w4a16"
@@ -134,6 +137,9 @@ class QuantSpec:
   awq_grid: int = 20
   awq_clip: bool = True
   smooth_alpha: float = 0.5
+  transform_steps: int = 150
+  transform_lr: float = 5e-3
+  transform_tokens: int = 4096
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:
@@ -145,6 +151,9 @@ class QuantSpec:
     if self.method == "smoothquant" and self.scheme != "w8a8":
       raise QuantConfigError(f"method 'smoothquant' is for scheme 'w8a8' (weights and "
                              f"activations in int8), not {self.scheme!r}.")
+    if self.method in TRANSFORMS and self.act_bits is None:
+      raise QuantConfigError(f"method {self.method!r} transforms activations before quantizing "
+                             f"them: use it with 'w4a4' or 'w8a8', not {self.scheme!r}.")
     if self.scheme == "none" and self.method != "rtn":
       raise QuantConfigError(f"scheme 'none' keeps float weights; method {self.method!r} needs a "
                              "weight scheme such as 'w4a16'.")
