@@ -7,8 +7,10 @@ All on the embedded tiny model (float32) unless said, measured side by side in o
    symmetric grid and with zero points; and GPTQ w3 / w4 g128 on one random decoder block with
    Qwen2.5-0.5B's shapes, calibrated on real GSM8K text (byte tokens).
 2. Teacher-forced mean token KL(float || quantized) on held-out windows of the model's own task
-   text, w3a16 RTN / GPTQ / AWQ x symmetric / zero point x calibration source: GSM8K train
-   solutions vs the task's training text (the model's own distribution).
+   text, w3a16 RTN / GPTQ / AWQ x symmetric / zero point x calibration source: the task's
+   calibration text (reference solutions), GSM8K train solutions, and self traces (the float
+   model's own sampled reasoning on 96 fresh task train problems, `jaxthink.quant.self_traces`,
+   cached in `--traces`).
 3. Cost: calibration seconds per linear (GPTQ w4 g64 / w3 g64), served bytes vs bf16, and the
    served decode step time of asymmetric vs symmetric int4 (greedy, batch 8, one compiled loop).
 4. W4A4 (per-token int4 activations): plain vs Hadamard rotation vs learned FlatQuant-style
@@ -17,11 +19,12 @@ All on the embedded tiny model (float32) unless said, measured side by side in o
 The last line is one JSON object: `w3_asym_vs_sym_layer_error` (mean per-layer error ratio,
 asym / sym, GPTQ w3 g128 on the 0.5B-shaped block), `w4a4_flatquant_vs_plain_kl` and the rest.
 
-  python benchmarks/quant_fidelity.py
+  python benchmarks/quant_fidelity.py [--only layers,block,kl,cost,w4a4] [--traces FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -36,6 +39,8 @@ from jaxthink.models.config import ModelConfig
 from jaxthink.models.hf_io import init_params
 from jaxthink.quant import (CalibrationData, CalibrationSpec, QuantSpec, calibration_data,
                             quantize)
+from jaxthink.quant.self_traces import write_self_traces
+from jaxthink.tiny import generate_problems
 
 TINY = Path(jaxthink.__file__).parent / "tiny"
 TASK_TEXT = TINY / "data" / "calibration.jsonl"
@@ -54,14 +59,24 @@ def mean_error(report) -> float:
   return float(np.mean([e["heldout_rel_error"] for e in report["layers"].values()]))
 
 
-def embedded_data(tokenizer):
-  """Calibration windows from the task text and from GSM8K, one shared set of held-out windows."""
-  task = calibration_data(tokenizer, CalibrationSpec(source=str(TASK_TEXT), num_samples=32,
-                                                     seq_len=256, heldout_samples=8))
-  gsm8k = calibration_data(tokenizer, CalibrationSpec(source="gsm8k", num_samples=32, seq_len=256,
-                                                      heldout_samples=0))
-  gsm8k = CalibrationData.from_tokens(gsm8k.tokens, task.heldout, source="gsm8k")
-  return {"task text": task, "gsm8k": gsm8k}
+def embedded_data(model, traces: Path | None):
+  """Calibration windows from the task text, GSM8K and (with `traces`) the model's own traces;
+  one shared set of held-out windows (task text)."""
+  task = calibration_data(model.tokenizer, CalibrationSpec(source=str(TASK_TEXT), num_samples=32,
+                                                           seq_len=256, heldout_samples=8))
+  out = {"task text": task}
+  sources = {"gsm8k": "gsm8k"}
+  if traces is not None:
+    problems = [ex.problem for ex in generate_problems("train", 96, seed=7, difficulty=1)]
+    t = time.perf_counter()
+    sources["self traces"] = str(write_self_traces(model, problems, traces, max_new_tokens=256,
+                                                   batch_size=32))
+    print(f"self traces: {traces} ({time.perf_counter() - t:.1f} s)")
+  for name, source in sources.items():
+    data = calibration_data(model.tokenizer, CalibrationSpec(source=source, num_samples=32,
+                                                             seq_len=256, heldout_samples=0))
+    out[name] = CalibrationData.from_tokens(data.tokens, task.heldout, source=source)
+  return out
 
 
 def layer_error_table(model, data) -> dict:
@@ -173,24 +188,33 @@ def w4a4_table(model, data, steps: int) -> dict:
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--only", default="layers,block,kl,cost,w4a4",
+                      help="comma-separated sections to run (the JSON holds null for the rest)")
+  parser.add_argument("--traces", type=Path, default=Path("runs/quant_fidelity/self_traces.jsonl"),
+                      help="self-trace cache (reused when it exists)")
+  args = parser.parse_args()
+  only = set(args.only.split(","))
   model = jaxthink.load_pretrained(TINY / "model", dtype=jnp.float32)
-  datasets = embedded_data(model.tokenizer)
+  datasets = embedded_data(model, args.traces if "kl" in only else None)
   task = datasets["task text"]
   print(f"embedded model; calibration {task.tokens.shape} windows, held-out {task.heldout.shape}; "
         f"devices {jax.devices()[0].platform}")
-  embedded_ratios = layer_error_table(model, task)
-  block_ratios = qwen05b_block_ratios()
-  kls = kl_table(model, datasets)
-  cost = cost_table(model, task)
-  w4a4 = w4a4_table(model, task, steps=150)
+  run = lambda name, fn, *a: fn(*a) if name in only else None
+  embedded_ratios = run("layers", layer_error_table, model, task)
+  block_ratios = run("block", qwen05b_block_ratios) or {3: None, 4: None}
+  kls = run("kl", kl_table, model, datasets)
+  cost = run("cost", cost_table, model, task)
+  w4a4 = run("w4a4", w4a4_table, model, task, 150)
+  ratio = lambda m: None if w4a4 is None else w4a4[m]["kl"] / w4a4["rtn"]["kl"]
   result = {
       "w3_asym_vs_sym_layer_error": block_ratios[3],
       "w4_asym_vs_sym_layer_error": block_ratios[4],
       "embedded_g64_asym_vs_sym_layer_error": embedded_ratios,
       "w3a16_kl": kls,
       "cost": cost,
-      "w4a4_flatquant_vs_plain_kl": w4a4["flatquant"]["kl"] / w4a4["rtn"]["kl"],
-      "w4a4_hadamard_vs_plain_kl": w4a4["hadamard"]["kl"] / w4a4["rtn"]["kl"],
+      "w4a4_flatquant_vs_plain_kl": ratio("flatquant"),
+      "w4a4_hadamard_vs_plain_kl": ratio("hadamard"),
       "w4a4": w4a4,
   }
   print(json.dumps(result))
