@@ -37,7 +37,8 @@ def test_transform_times_folded_weights_gives_the_weights_back(n):
   err = np.max(np.abs(back - w)) / np.max(np.abs(w))
   cond = np.linalg.cond(np.asarray(transform["left"])) * np.linalg.cond(
       np.asarray(transform["right"]))
-  print(f"\nn={n} = {n1} x {n2}, condition number {cond:.0f}: max |T T^-1 W - W| / max |W| = {err:.1e} (float32); "
+  print(f"\nn={n} = {n1} x {n2}, condition number {cond:.0f}: "
+        f"max |T T^-1 W - W| / max |W| = {err:.1e} (float32); "
         f"online T vs numpy kron: {np.max(np.abs(t - t_ref)) / np.max(np.abs(t_ref)):.1e}")
   assert err < 1e-5
   np.testing.assert_allclose(t, t_ref, rtol=1e-5, atol=1e-5)

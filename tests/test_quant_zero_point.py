@@ -80,7 +80,8 @@ def test_rtn_zero_point_integers_match_numpy(scheme, group_size):
     np.testing.assert_array_equal(z, z_ref, err_msg=path)
     np.testing.assert_array_max_ulp(s, s_ref, maxulp=1)
   print(f"\n{scheme} group {group_size}: 14 layers' integers equal numpy but {near_ties} at "
-        f"rounding ties, zero points equal, scales to 1 ulp; stored {frozen['value'].dtype} {frozen['value'].shape}, zero "
+        f"rounding ties, zero points equal, scales to 1 ulp; stored {frozen['value'].dtype} "
+        f"{frozen['value'].shape}, zero "
         f"{frozen['zero'].dtype} {frozen['zero'].shape}")
 
 

@@ -9,8 +9,9 @@ group-wise scales computed when a group starts (from the error-updated weights) 
 `static_groups`, from the original weights before any update.
 
 The grid is `jaxthink.quant.numerics`, symmetric or with a zero point per group (the reference's
-`sym=False`: min/max range of the group, widened to contain 0); kernels are `[in, out]`, so the paper's columns
-are rows here. Dtype follows the inputs (float32, or float64 under `jax.enable_x64(True)`).
+`sym=False`: min/max range of the group, widened to contain 0); kernels are `[in, out]`, so the
+paper's columns are rows here. Dtype follows the inputs (float32, or float64 under
+`jax.enable_x64(True)`).
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def minmax_range(w: jax.Array, group_size: int | None) -> jax.Array:
 
 
 def weight_range(w: jax.Array, group_size: int | None, symmetric: bool) -> jax.Array:
-  """The grid's full range: `max |w|` `[groups, out]` (symmetric) or min / max `[2, groups, out]`."""
+  """The grid's full range: `max |w|` `[groups, out]` (symmetric), else min / max
+  `[2, groups, out]`."""
   return absmax_bound(w, group_size) if symmetric else minmax_range(w, group_size)
 
 

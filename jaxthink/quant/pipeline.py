@@ -92,7 +92,8 @@ def quantize(model_config: ModelConfig, params: Any, spec: QuantSpec,
   model = Decoder(model_config, dtype=dtype, param_dtype=dtype, quant=rules)
   report: dict[str, Any] = {"scheme": spec.scheme, "method": spec.method,
                             "group_size": spec.resolved_group_size(), "kv_bits": spec.kv_bits,
-                            "symmetric": spec.resolved_symmetric(), "spec": dataclasses.asdict(spec)}
+                            "symmetric": spec.resolved_symmetric(),
+                            "spec": dataclasses.asdict(spec)}
   if rules is None:
     return model, params, report
   data = _calibration(spec, calibration_tokens, tokenizer, model_config)
