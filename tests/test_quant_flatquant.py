@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jaxthink.quant import QuantSpec, flatquant, quantize
+from jaxthink.models.pretrained import sequence_logits
+from jaxthink.quant import QuantSpec, flatquant, load_quantized, quantize, save_quantized
 from test_quant_fixtures import gsm8k_calibration, tiny_config
 from test_quant_methods import outlier_params
 from test_quant_zero_point import embedded
@@ -87,3 +88,18 @@ def test_learned_beats_hadamard_beats_plain_w4a4(which):
   assert kls["flatquant"] < kls["hadamard"] < kls["rtn"]
   for path in errors["rtn"]:  # learned transforms start from the rotation and keep the best
     assert errors["flatquant"][path] < errors["hadamard"][path], path
+
+
+def test_flatquant_checkpoint_round_trip(tmp_path):
+  """The served `flat` transforms are saved and restored with the integers (orbax)."""
+  spec = QuantSpec("w4a4", "flatquant", transform_steps=5, transform_tokens=512)
+  model, params, report = quantize(tiny_config(), outlier_params(), spec, gsm8k_calibration())
+  flat = params["layers_0"]["self_attn"]["q_proj"]["flat"]
+  # not the identity placeholder a fresh model initialises: the restore must bring it back
+  assert float(jnp.max(jnp.abs(flat["left"] - jnp.eye(flat["left"].shape[0])))) > 0.1
+  save_quantized(tmp_path / "q", tiny_config(), spec, params, report)
+  loaded, _, _ = load_quantized(tmp_path / "q", tokenizer=False)
+  tokens = jnp.asarray(gsm8k_calibration().heldout[:2])
+  mask = jnp.ones(tokens.shape, jnp.bool_)
+  np.testing.assert_array_equal(sequence_logits(loaded.model, loaded.params, tokens, mask),
+                                sequence_logits(model, params, tokens, mask))
