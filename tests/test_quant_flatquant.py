@@ -13,7 +13,8 @@ import pytest
 import scipy.linalg
 
 from jaxthink.models.pretrained import sequence_logits
-from jaxthink.quant import QuantSpec, flatquant, load_quantized, quantize, save_quantized
+from jaxthink.quant import (QuantConfigError, QuantSpec, flatquant, load_quantized, quantize,
+                            save_quantized)
 from test_quant_fixtures import gsm8k_calibration, tiny_config
 from test_quant_methods import outlier_params
 from test_quant_zero_point import embedded
@@ -103,3 +104,8 @@ def test_flatquant_checkpoint_round_trip(tmp_path):
   mask = jnp.ones(tokens.shape, jnp.bool_)
   np.testing.assert_array_equal(sequence_logits(loaded.model, loaded.params, tokens, mask),
                                 sequence_logits(model, params, tokens, mask))
+
+
+def test_transforms_need_quantized_activations():
+  with pytest.raises(QuantConfigError, match="w4a4"):
+    QuantSpec("w4a16", "flatquant")

@@ -101,7 +101,8 @@ class QuantSpec:
 
   Attributes:
     scheme: one of `SCHEMES` (`w8a16`, `w4a16`, `w3a16`, `w8a8`, `w4a4`, or `none`).
-    method: `rtn` (round to nearest), `gptq`, `awq`, or `smoothquant` (w8a8 only).
+    method: `rtn` (round to nearest), `gptq`, `awq`, `smoothquant` (w8a8 only), or the online
+      transforms `hadamard` / `flatquant` (w4a4 / w8a8).
     group_size: input channels sharing one scale; None takes the scheme's default (128 for
       w4a16/w3a16, per channel otherwise), -1 means per channel.
     kv_bits: None, 8 or 4: KV-cache quantization, applied by the decode engine's cache.
