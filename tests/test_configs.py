@@ -37,7 +37,7 @@ BENCHMARKS = ("gsm8k", "math500", "aime24", "aime25", "amc23")
 # (scheme, method, kv_bits) of the grid's quantized recipes; each also with the penalty on.
 RECIPES = {None, ("w8a16", "rtn", None), ("w4a16", "rtn", None), ("w4a16", "gptq", None),
            ("w4a16", "awq", None), ("w3a16", "rtn", None), ("w3a16", "gptq", None),
-           ("w3a16", "awq", None), ("w8a8", "smoothquant", 8), ("w4a4", "gptq", 4)}
+           ("w3a16", "awq", None), ("w8a8", "smoothquant", 8), ("w4a4", "flatquant", 4)}
 # The padded prompt length sized for: the generator pads a batch's prompts to the next power of two
 # of the longest; the benchmarks' longest prompt stays under 1024 tokens (checked below).
 PROMPT_LEN = 1024

@@ -15,9 +15,10 @@ import pytest
 
 from jaxthink.models.layers import Linear
 from jaxthink.models.pretrained import sequence_logits
-from jaxthink.quant import LinearQuant, QuantSpec, convert_linear, frozen_layers, save_quantized
+from jaxthink.quant import (LinearQuant, QuantSpec, convert_linear, frozen_layers, quantize,
+                            save_quantized)
 from multidevice import run_on_8_cpu_devices
-from test_quant_fixtures import tiny_config
+from test_quant_fixtures import gsm8k_calibration, tiny_config, tiny_params
 from test_quant_methods import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,9 +133,11 @@ CHILD = textwrap.dedent("""
     """)
 
 
-def test_orbax_round_trip_in_a_fresh_process(tmp_path):
-  model, params, report = run("w4a16", "gptq")
-  out = save_quantized(tmp_path / "ckpt", tiny_config(), QuantSpec("w4a16", "gptq"), params, report)
+@pytest.mark.parametrize("symmetric", [True, False])  # AQT's layout; the zero-point layout (zq)
+def test_orbax_round_trip_in_a_fresh_process(tmp_path, symmetric):
+  spec = QuantSpec("w4a16", "gptq", symmetric=symmetric)
+  model, params, report = quantize(tiny_config(), tiny_params(), spec, gsm8k_calibration())
+  out = save_quantized(tmp_path / "ckpt", tiny_config(), spec, params, report)
   meta = json.loads((out / "quant.json").read_text())
   assert meta["report"]["calibration"]["tokens_sha256"] == report["calibration"]["tokens_sha256"]
   tokens = np.asarray(np.frombuffer(b"Janet has 3 apples and buys 5 more. How many?", np.uint8),
@@ -157,10 +160,16 @@ def test_orbax_round_trip_in_a_fresh_process(tmp_path):
   np.testing.assert_allclose(restored["logits_mesh"], logits, atol=1e-5, rtol=1e-5)
   specs = child["specs"]
   # Like the float kernels: q/k/v/gate/up split over outputs, o/down over inputs (= groups).
-  assert specs["layers_0/self_attn/q_proj/aqt/qrhs/value"] == "(None, None, 'model')"
-  assert specs["layers_0/self_attn/q_proj/aqt/qrhs/scale"] == "(None, None, None, 'model')"
-  assert specs["layers_1/mlp/up_proj/aqt/qrhs/value"] == "(None, None, 'model')"
-  assert specs["layers_0/self_attn/o_proj/aqt/qrhs/value"] == "('model', None, None)"
-  assert specs["layers_1/mlp/down_proj/aqt/qrhs/scale"] == "('model', None, None, None)"
+  leaf = "aqt/qrhs" if symmetric else "zq"
+  assert specs[f"layers_0/self_attn/q_proj/{leaf}/value"] == "(None, None, 'model')"
+  assert specs[f"layers_1/mlp/up_proj/{leaf}/value"] == "(None, None, 'model')"
+  assert specs[f"layers_0/self_attn/o_proj/{leaf}/value"] == "('model', None, None)"
+  if symmetric:
+    assert specs["layers_0/self_attn/q_proj/aqt/qrhs/scale"] == "(None, None, None, 'model')"
+    assert specs["layers_1/mlp/down_proj/aqt/qrhs/scale"] == "('model', None, None, None)"
+  else:  # scales and zero points [groups, out]
+    assert specs["layers_0/self_attn/q_proj/zq/scale"] == "(None, 'model')"
+    assert specs["layers_0/self_attn/q_proj/zq/zero"] == "(None, 'model')"
+    assert specs["layers_1/mlp/down_proj/zq/zero"] == "('model', None)"
   assert specs["layers_0/self_attn/q_proj/bias"] == "('model',)"
   assert specs["embed_tokens/embedding"] == "('model', None)"

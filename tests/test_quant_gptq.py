@@ -1,5 +1,6 @@
-"""GPTQ against a direct numpy transcription of the published procedure, and what the symmetric grid
-costs against an asymmetric (zero-point) one."""
+"""GPTQ against a direct numpy transcription of the published procedure (symmetric grid and the
+reference's zero-point `sym=False` quantizer), and what the symmetric grid costs against an
+asymmetric (zero-point) one."""
 
 import jax
 import jax.numpy as jnp
@@ -10,24 +11,35 @@ from jaxthink.quant.gptq import gptq
 
 
 def gptq_reference(kernel, hessian, bits, groupsize=-1, percdamp=0.01, blocksize=128,
-                   actorder=False, static_groups=False):
+                   actorder=False, static_groups=False, sym=True):
   """Frantar et al. 2022, Algorithm 1 with lazy batch updates, as in the authors' `fasterquant`,
-  float64. `W` is `[out, in]` (rows are output channels, the paper's layout); symmetric grid
-  `clip(round(w / s), -maxq, maxq)` with `s = max|w| / maxq` per row (and group)."""
+  float64. `W` is `[out, in]` (rows are output channels, the paper's layout). Symmetric grid
+  `clip(round(w / s), -maxq, maxq)` with `s = max|w| / maxq` per row (and group); `sym=False`:
+  the reference `Quantizer.find_params` / `quantize` with a zero point: `xmin = min(min w, 0)`,
+  `xmax = max(max w, 0)` (both 0: -1, +1), `s = (xmax - xmin) / (2^b - 1)`,
+  `z = round(-xmin / s)`, `q = clip(round(w / s) + z, 0, 2^b - 1)`, `w ~ s (q - z)`.
+  Returns integers `[in, out]`, scales `[groups, out]` and zero points (None when symmetric)."""
   W = kernel.T.astype(np.float64).copy()
   H = hessian.astype(np.float64).copy()
-  maxq = 2 ** (bits - 1) - 1
+  maxq = 2 ** (bits - 1) - 1 if sym else 2 ** bits - 1
+  low = -maxq if sym else 0
   rows, columns = W.shape
 
   def find_params(part):
-    absmax = np.abs(part).max(axis=1)
-    absmax[absmax == 0] = 1
-    return absmax / maxq
+    if sym:
+      absmax = np.abs(part).max(axis=1)
+      absmax[absmax == 0] = 1
+      return absmax / maxq, np.zeros(part.shape[0])
+    xmin, xmax = np.minimum(part.min(axis=1), 0), np.maximum(part.max(axis=1), 0)
+    empty = (xmin == 0) & (xmax == 0)
+    xmin[empty], xmax[empty] = -1, 1
+    scale = (xmax - xmin) / maxq
+    return scale, np.round(-xmin / scale)
 
   dead = np.diag(H) == 0
   H[dead, dead] = 1
   W[:, dead] = 0
-  scale = find_params(W)
+  scale, zero = find_params(W)
   if static_groups:
     groups = [find_params(W[:, i:i + groupsize]) for i in range(0, columns, groupsize)]
   if actorder:
@@ -52,14 +64,14 @@ def gptq_reference(kernel, hessian, bits, groupsize=-1, percdamp=0.01, blocksize
       if groupsize != -1:
         if not static_groups:
           if (i1 + i) % groupsize == 0:
-            scale = find_params(W[:, i1 + i:i1 + i + groupsize])
-            scales[(i1 + i) // groupsize] = scale
+            scale, zero = find_params(W[:, i1 + i:i1 + i + groupsize])
+            scales[(i1 + i) // groupsize] = scale, zero
         else:
           idx = perm[i1 + i] if actorder else i1 + i
-          scale = groups[idx // groupsize]
-      q = np.clip(np.round(w / scale), -maxq, maxq)
+          scale, zero = groups[idx // groupsize]
+      q = np.clip(np.round(w / scale) + zero, low, maxq)
       Q1[:, i] = q
-      err1 = (w - q * scale) / d
+      err1 = (w - (q - zero) * scale) / d
       W1[:, i:] -= np.outer(err1, Hinv1[i, i:])
       Err1[:, i] = err1
     Q[:, i1:i2] = Q1
@@ -67,12 +79,13 @@ def gptq_reference(kernel, hessian, bits, groupsize=-1, percdamp=0.01, blocksize
   if actorder:
     Q = Q[:, invperm]
   if groupsize == -1:
-    out_scales = scale[None]
+    grid = [(scale, zero)]
   elif static_groups:
-    out_scales = np.stack(groups)
+    grid = groups
   else:
-    out_scales = np.stack([scales[g] for g in sorted(scales)])
-  return Q.T.astype(np.int64), out_scales
+    grid = [scales[g] for g in sorted(scales)]
+  out_scales, out_zeros = np.stack([s for s, _ in grid]), np.stack([z for _, z in grid])
+  return Q.T.astype(np.int64), out_scales, None if sym else out_zeros.astype(np.int64)
 
 
 def _layer(seed, n_in=256, n_out=96, tokens=2048):
@@ -89,6 +102,11 @@ CASES = {
     "act_order_static_g128": dict(bits=4, groupsize=128, actorder=True, static_groups=True),
     # per channel; blocks not dividing the channels (the last block is shorter)
     "act_order_per_channel_blocks_of_96": dict(bits=4, groupsize=-1, actorder=True, blocksize=96),
+    # zero points (the studies' GPTQ): groups, act-order with static groups, per channel
+    "asym_g64_3bit": dict(bits=3, groupsize=64, sym=False),
+    "asym_act_order_static_g128": dict(bits=4, groupsize=128, actorder=True, static_groups=True,
+                                       sym=False),
+    "asym_per_channel_4bit": dict(bits=4, groupsize=-1, sym=False),
 }
 
 
@@ -96,28 +114,38 @@ CASES = {
 def test_gptq_matches_reference_transcription(case):
   options = CASES[case]
   kernel, hessian = _layer(seed=len(case))
-  ref_q, ref_scale = gptq_reference(kernel, hessian, **options)
+  ref_q, ref_scale, ref_zero = gptq_reference(kernel, hessian, **options)
   kwargs = dict(bits=options["bits"],
                 group_size=None if options["groupsize"] == -1 else options["groupsize"],
                 block_size=options.get("blocksize", 128), act_order=options.get("actorder", False),
-                static_groups=options.get("static_groups", False))
+                static_groups=options.get("static_groups", False),
+                symmetric=options.get("sym", True))
   with jax.enable_x64(True):
-    q64, s64 = gptq(jnp.asarray(kernel), jnp.asarray(hessian), **kwargs)
+    q64, s64, z64 = gptq(jnp.asarray(kernel), jnp.asarray(hessian), **kwargs)
     q64, s64 = np.asarray(q64), np.asarray(s64)
   same64 = np.mean(q64 == ref_q)
   same32 = float("nan")
-  if case == "act_order_static_g128":  # float32, as quantize() runs it
-    q32, _ = gptq(jnp.asarray(kernel, jnp.float32), jnp.asarray(hessian, jnp.float32), **kwargs)
+  if case.endswith("act_order_static_g128"):  # float32, as quantize() runs it
+    q32, _, _ = gptq(jnp.asarray(kernel, jnp.float32), jnp.asarray(hessian, jnp.float32), **kwargs)
     same32 = np.mean(np.asarray(q32) == ref_q)
     assert same32 > 0.99
-  top = 2 ** (options["bits"] - 1) - 1
-  row_scale = np.repeat(ref_scale, kernel.shape[0] // len(ref_scale), axis=0)
-  rtn_same = np.mean(np.clip(np.round(kernel / row_scale), -top, top) == ref_q)
+  repeat = lambda a: np.repeat(a, kernel.shape[0] // len(a), axis=0)
+  if ref_zero is None:
+    top = 2 ** (options["bits"] - 1) - 1
+    rtn = np.clip(np.round(kernel / repeat(ref_scale)), -top, top)
+  else:
+    rtn = np.clip(np.round(kernel / repeat(ref_scale)) + repeat(ref_zero), 0,
+                  2 ** options["bits"] - 1)
+  rtn_same = np.mean(rtn == ref_q)
   also32 = "" if np.isnan(same32) else f", float32 {same32:.4%}"
   print(f"\n{case}: integers equal to the numpy reference: float64 {same64:.4%}{also32} (plain "
         f"rounding would agree on only {rtn_same:.2%})")
   np.testing.assert_array_equal(q64, ref_q)
   np.testing.assert_allclose(s64, ref_scale, rtol=1e-12)
+  if ref_zero is None:
+    assert z64 is None
+  else:
+    np.testing.assert_array_equal(np.asarray(z64), ref_zero)
 
 
 def _round_trip(w, bits, groupsize, asymmetric):

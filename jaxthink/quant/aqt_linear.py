@@ -9,6 +9,9 @@
   integers and scales and runs the dot (weight-only: float x int; w8a8/w4a4: int x int with dynamic
   per-token activation scales, int32 accumulation).
 
+A layer with `symmetric=False` (weight-only, a zero point per group) is served by
+`jaxthink.quant.zero_point` instead: AQT has no zero-point numerics.
+
 Group-wise scales use AQT's tiling of the contraction axis; values are then stored
 `[groups, group_size, out]` with scales `[groups, 1, 1, out]` (per channel: `[in, out]` and
 `[1, 1, out]`). Scales are float32.
@@ -30,8 +33,9 @@ from aqt.jax.v2.numerics import int_numerics
 from aqt.jax.v2.utils import QuantMode
 
 from jaxthink.models.layers import Linear
+from jaxthink.quant import flatquant, zero_point
 from jaxthink.quant.numerics import storage_dtype
-from jaxthink.quant.spec import LayerRule, QuantSpec, match_layer
+from jaxthink.quant.spec import TRANSFORMS, LayerRule, QuantSpec, match_layer
 
 _MODES = {"convert": QuantMode.CONVERT, "serve": QuantMode.SERVE}
 
@@ -44,9 +48,13 @@ class LinearQuant:
   act_bits: int | None = None
   group_size: int | None = None
   mode: str = "serve"
+  symmetric: bool = True  # False: weight-only with a zero point, served by `zero_point`
+  transform: bool = False  # an online activation transform (`flatquant`) before the product
 
   def dot(self, module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     """`x` `[..., in]` times the layer's quantized kernel -> `[..., features]`."""
+    if not self.symmetric:
+      return zero_point.dot(module, x, features, self.weight_bits, self.group_size)
     in_features = x.shape[-1]
     if self.mode == "convert":
       kernel = module.param("kernel", nn.initializers.zeros_init(), (in_features, features),
@@ -55,6 +63,9 @@ class LinearQuant:
           else None
       x = x.astype(jnp.float32)
     else:
+      if self.transform:  # the layer's own `flat` params: x T (T^-1 is folded into its weights)
+        flat = module.param("flat", lambda _: flatquant.identity(in_features))
+        x = flatquant.online(x, flat)
       # No float kernel in serve mode: AQT ignores this placeholder and reads the frozen integers.
       kernel = jnp.zeros((in_features, features), module.dtype)
       bound = None
@@ -96,13 +107,16 @@ class QuantRules:
   act_bits: int | None = None
   group_size: int | None = None
   rules: tuple[LayerRule, ...] = (LayerRule(r".*"),)
+  symmetric: bool = True
+  transform: bool = False
 
   @classmethod
   def from_spec(cls, spec: QuantSpec) -> "QuantRules | None":
     """None for a spec that keeps weights in float (scheme 'none')."""
     if spec.weight_bits is None:
       return None
-    return cls(spec.weight_bits, spec.act_bits, spec.resolved_group_size(), spec.rules)
+    return cls(spec.weight_bits, spec.act_bits, spec.resolved_group_size(), spec.rules,
+               spec.resolved_symmetric(), spec.method in TRANSFORMS)
 
   def for_layer(self, name: str) -> "QuantRules":
     del name  # rules match the full path, known only inside the layer (`dot`)
@@ -113,7 +127,8 @@ class QuantRules:
     setting = match_layer(self.rules, path, self.weight_bits, self.group_size)
     if setting is None:
       return None
-    return LinearQuant(setting[0], self.act_bits, setting[1])
+    return LinearQuant(setting[0], self.act_bits, setting[1], symmetric=self.symmetric,
+                       transform=self.transform)
 
   def dot(self, module: nn.Module, x: jax.Array, features: int) -> jax.Array | None:
     """Returns None for a layer the rules leave in float (`Linear` then uses its float kernel)."""

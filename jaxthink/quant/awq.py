@@ -11,6 +11,7 @@ The scale is folded into the op before (`jaxthink.quant.pipeline`): an RMSNorm, 
 Clip search: per group and output channel, shrink the range `max|w|` by factors `1 - i/grid`
 (down to `1 - max_shrink`) and keep the one with the smallest error of that group's partial output,
 `d^T G_gg d` with the group's diagonal block of `G`. As in the reference, q/k are not clipped.
+With a zero-point grid both ends of the group's min/max range shrink by the same factor.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxthink.quant.numerics import absmax_bound, fake_quantize, gram_error, grouped
+from jaxthink.quant.numerics import fake_quantize, gram_error, grouped, weight_range
 
-Setting = tuple[int, "int | None"]  # (bits, group_size)
+Setting = tuple[int, "int | None", bool]  # (bits, group_size, symmetric)
 
 
 @functools.partial(jax.jit, static_argnames=("settings", "grid"))
@@ -32,7 +33,7 @@ def search_scale(kernels: Sequence[jax.Array], settings: Sequence[Setting], gram
   """Best AWQ scale for `kernels` `[in, out_i]` reading activations with Gram `gram` `[in, in]`.
 
   Args:
-    kernels, settings: the consumers and their `(bits, group_size)`.
+    kernels, settings: the consumers and their `(bits, group_size, symmetric)`.
     x_mean: `[m]` mean |x| in the scale's own space (m = in, or the kv channels for o_proj).
     expand: `[in]` index of each input channel's scale in that space.
     grid: number of alphas, `alpha = i / grid`.
@@ -46,8 +47,8 @@ def search_scale(kernels: Sequence[jax.Array], settings: Sequence[Setting], gram
 
   def loss(alpha):
     rows = scale(alpha)[expand][:, None]
-    return sum(gram_error(k - fake_quantize(k * rows, bits, gs) / rows, gram)
-               for k, (bits, gs) in zip(kernels, settings))
+    return sum(gram_error(k - fake_quantize(k * rows, bits, gs, symmetric=sym) / rows, gram)
+               for k, (bits, gs, sym) in zip(kernels, settings))
 
   alphas = jnp.arange(grid, dtype=jnp.float32) / grid
   losses = jax.lax.map(loss, alphas)
@@ -55,24 +56,27 @@ def search_scale(kernels: Sequence[jax.Array], settings: Sequence[Setting], gram
   return scale(best), best
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "group_size", "grid", "max_shrink"))
+@functools.partial(jax.jit, static_argnames=("bits", "group_size", "grid", "max_shrink",
+                                             "symmetric"))
 def search_clip(kernel: jax.Array, gram: jax.Array, *, bits: int, group_size: int | None,
-                grid: int = 20, max_shrink: float = 0.5) -> jax.Array:
-  """Per-(group, output channel) range `[groups, out]` minimising that group's output error."""
+                grid: int = 20, max_shrink: float = 0.5, symmetric: bool = True) -> jax.Array:
+  """Per-(group, output channel) range minimising that group's output error: the bound
+  `[groups, out]` (symmetric) or the range `[2, groups, out]` (lo, hi; zero point)."""
   n_in = kernel.shape[0]
   gs = n_in if group_size is None else group_size
   n_groups = n_in // gs
   g4 = gram.reshape(n_groups, gs, n_groups, gs)
   blocks = g4[jnp.arange(n_groups), :, jnp.arange(n_groups), :]  # [groups, gs, gs]
-  full = absmax_bound(kernel, group_size)
+  full = weight_range(kernel, group_size, symmetric)
 
   def errors(shrink):
     bound = full * (1 - shrink)
-    clipped = jnp.clip(grouped(kernel, group_size), -bound[:, None, :], bound[:, None, :])
-    delta = grouped(kernel - fake_quantize(clipped.reshape(kernel.shape), bits, group_size, bound),
-                    group_size)
+    lo, hi = (-bound, bound) if symmetric else (bound[0], bound[1])
+    clipped = jnp.clip(grouped(kernel, group_size), lo[:, None, :], hi[:, None, :])
+    rounded = fake_quantize(clipped.reshape(kernel.shape), bits, group_size, bound, symmetric)
+    delta = grouped(kernel - rounded, group_size)
     return jnp.einsum("gio,gij,gjo->go", delta, blocks, delta, precision=jax.lax.Precision.HIGHEST)
 
   shrinks = jnp.arange(int(max_shrink * grid), dtype=jnp.float32) / grid
   errs = jax.lax.map(errors, shrinks)  # [steps, groups, out]
-  return full * (1 - shrinks[jnp.argmin(errs, axis=0)])
+  return full * (1 - shrinks[jnp.argmin(errs, axis=0)])  # [groups, out] broadcasts over lo/hi

@@ -162,6 +162,17 @@ class BlockRunner:
     return stats, jnp.concatenate(outputs), y_heldout
 
 
+  def inputs(self, block_params: Any, x: jax.Array, batch_size: int,
+             max_tokens: int) -> dict[str, jax.Array]:
+    """The block's raw linear inputs `{input name: [tokens, width]}` (float32) over the first
+    windows of `x` holding at least `max_tokens` tokens (methods that need more than a Gram)."""
+    windows = min(x.shape[0], -(-max_tokens // x.shape[1]))
+    parts = [self._inputs(block_params, x[s:min(s + batch_size, windows)])[1]
+             for s in range(0, windows, batch_size)]
+    return {k: jnp.concatenate([p[k].reshape(-1, p[k].shape[-1]) for p in parts])
+            .astype(jnp.float32)[:max_tokens] for k in parts[0]}
+
+
 @functools.lru_cache(maxsize=None)
 def _block_inputs(config: ModelConfig, dtype: str):
   """jitted `(block params, x [b, t, hidden]) -> (block output, {input name: activations})`."""

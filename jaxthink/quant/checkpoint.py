@@ -105,7 +105,9 @@ def read_quantized_meta(directory: str | Path) -> tuple[QuantSpec, ModelConfig, 
   if meta.get("format") != FORMAT:
     raise CheckpointError(f"{meta_file} has format {meta.get('format')!r}; this jaxthink reads "
                           f"format {FORMAT}.")
-  return from_dict(QuantSpec, meta["spec"]), ModelConfig.from_pretrained(directory), meta
+  # Checkpoints written before zero-point grids existed are symmetric.
+  spec = from_dict(QuantSpec, {"symmetric": True, **meta["spec"]})
+  return spec, ModelConfig.from_pretrained(directory), meta
 
 
 def load_quantized(directory: str | Path, mesh: jax.sharding.Mesh | None = None,

@@ -13,22 +13,28 @@ import numpy as np
 from jaxthink.decode.stats import kl_divergence, log_probs
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.pretrained import sequence_logits
+from jaxthink.quant import zero_point
 
 _BITS = {jnp.dtype(jnp.int4): 4, jnp.dtype(jnp.int8): 8}
 
 
 def frozen_layers(params: Any) -> dict[str, dict[str, jax.Array]]:
-  """`{'layers_0/self_attn/q_proj': {'value': ..., 'scale': ...}}` for every quantized linear."""
+  """`{'layers_0/self_attn/q_proj': {'value': ..., 'scale': ...}}` for every quantized linear
+  (AQT's `aqt/qrhs`; zero-point layers' `zq` also hold `'zero'`)."""
   flat = flax.traverse_util.flatten_dict(params)
   layers: dict[str, dict[str, jax.Array]] = {}
   for path, value in flat.items():
     if len(path) >= 4 and path[-3:-1] == ("aqt", "qrhs"):
       layers.setdefault("/".join(path[:-3]), {})[path[-1]] = value
+    elif len(path) >= 3 and path[-2] == "zq":
+      layers.setdefault("/".join(path[:-2]), {})[path[-1]] = value
   return layers
 
 
 def dequantize_frozen(frozen: dict[str, jax.Array]) -> jax.Array:
-  """The float kernel `[in, out]` (float32) AQT's frozen `value`/`scale` stand for."""
+  """The float kernel `[in, out]` (float32) a layer's frozen `value`/`scale` (/`zero`) stand for."""
+  if "zero" in frozen:
+    return zero_point.dequantize(frozen)
   value, scale = frozen["value"], frozen["scale"]
   out = value.shape[-1]
   if value.ndim == 3:  # [groups, group_size, out] with scales [groups, 1, 1, out]
@@ -44,6 +50,8 @@ def weight_bytes(params: Any) -> dict[str, float]:
   for frozen in frozen_layers(params).values():
     value, scale = frozen["value"], frozen["scale"]
     quantized += value.size * _BITS[jnp.dtype(value.dtype)] / 8 + scale.size * scale.dtype.itemsize
+    if "zero" in frozen:
+      quantized += frozen["zero"].size * _BITS[jnp.dtype(frozen["zero"].dtype)] / 8
     reference += value.size * 2
   return {"quantized_bytes": quantized, "bf16_bytes": reference,
           "ratio": quantized / reference if reference else float("nan")}

@@ -8,12 +8,18 @@ on the float model's activations; GPTQ's reference code instead feeds the quanti
 outputs forward). Methods:
 
 * rtn: AQT's own abs-max calibration of the (unchanged) kernel.
+* zero-point grids (`symmetric: false`, weight-only): every method's integers, scales and zero
+  points are stored directly (`jaxthink.quant.zero_point`), AQT has no zero-point numerics.
 * gptq: error-compensated integers and scales (linears sharing an input share one Hessian and are
   solved together); AQT converts `q * scale` with its scale fixed to `scale`, which gives back
   exactly these integers (checked).
 * awq: per-channel scales folded into the op before (RMSNorm -> q/k/v and gate/up, v -> o, up ->
   down), optional clipping range per group, which becomes AQT's fixed scale.
 * smoothquant: alpha-migration folded into both RMSNorms, then w8a8 RTN.
+* hadamard / flatquant (w4a4, w8a8): per linear input a transform `T` (`jaxthink.quant.flatquant`:
+  a rotation, or learned on the block's raw calibration inputs); `T^-1 W` is folded into the
+  weights (RTN per channel, FlatQuant's learned clipping as AQT's fixed scale), `x T` runs online
+  from the layer's `flat` params before AQT's per-token activation quantization.
 """
 
 from __future__ import annotations
@@ -31,15 +37,15 @@ import numpy as np
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.layers import Linear
-from jaxthink.quant import awq, smoothquant
+from jaxthink.quant import awq, flatquant, smoothquant, zero_point
 from jaxthink.quant.aqt_linear import LinearQuant, QuantRules, convert_linear
 from jaxthink.quant.calibrate import (INPUT_OF, BlockRunner, CalibrationData, InputStats,
                                       calibration_data)
 from jaxthink.quant.gptq import gptq
 from jaxthink.quant.metrics import dequantize_frozen, mean_token_kl, weight_bytes
-from jaxthink.quant.numerics import dequantize, gram_error, qmax
+from jaxthink.quant.numerics import absmax_bound, dequantize, gram_error, qmax, quantize_asym
 from jaxthink.quant.sharding import shard_params
-from jaxthink.quant.spec import QuantConfigError, QuantSpec
+from jaxthink.quant.spec import TRANSFORMS, QuantConfigError, QuantSpec
 
 SCOPE = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
          "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
@@ -86,7 +92,8 @@ def quantize(model_config: ModelConfig, params: Any, spec: QuantSpec,
   model = Decoder(model_config, dtype=dtype, param_dtype=dtype, quant=rules)
   report: dict[str, Any] = {"scheme": spec.scheme, "method": spec.method,
                             "group_size": spec.resolved_group_size(), "kv_bits": spec.kv_bits,
-                            "symmetric": True, "spec": dataclasses.asdict(spec)}
+                            "symmetric": spec.resolved_symmetric(),
+                            "spec": dataclasses.asdict(spec)}
   if rules is None:
     return model, params, report
   data = _calibration(spec, calibration_tokens, tokenizer, model_config)
@@ -102,10 +109,13 @@ def quantize(model_config: ModelConfig, params: Any, spec: QuantSpec,
   layers: dict[str, Any] = {}
   for i in range(model_config.num_layers):
     name = f"layers_{i}"
-    stats = None
+    stats = raw = None
     if data is not None:
+      if spec.method in TRANSFORMS:
+        raw = runner.inputs(params[name], x, spec.calibration.batch_size, spec.transform_tokens)
       stats, x, xh = runner.statistics(params[name], x, xh, spec.calibration.batch_size)
-    qparams[name], info = _quantize_block(spec, rules, model_config, i, qparams[name], stats, dtype)
+    qparams[name], info = _quantize_block(spec, rules, model_config, i, qparams[name], stats, dtype,
+                                          raw)
     layers.update({f"{name}/{SCOPE[k]}/{k}": v for k, v in info.items() if v})
     if log is not None:
       errors = [v["heldout_rel_error"] for v in info.values() if "heldout_rel_error" in v]
@@ -143,22 +153,31 @@ def _calibration(spec: QuantSpec, tokens, tokenizer, config: ModelConfig) -> Cal
 
 
 def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, index: int,
-                    block: Any, stats: dict[str, InputStats] | None, dtype) -> tuple[Any, dict]:
+                    block: Any, stats: dict[str, InputStats] | None, dtype,
+                    raw: dict[str, jax.Array] | None = None) -> tuple[Any, dict]:
   """One decoder block's served params and per-linear report entries."""
-  t = transform_block(spec, rules, config, index, block, stats)
+  t = transform_block(spec, rules, config, index, block, stats, raw)
   integers = _gptq(t.params, stats, t.rules, spec) if spec.method == "gptq" else {}
   out = jax.tree.map(lambda w, o: w.astype(o.dtype), t.params, flax.core.unfreeze(block))
   for n, r in t.rules.items():
     if r is None:
       continue
     kernel, bound = t.params[SCOPE[n]][n]["kernel"], t.bounds.get(n)
-    if n in integers:
-      q, scale = integers[n]
-      kernel, bound = dequantize(q, scale, r.group_size), scale * qmax(r.weight_bits)
-    frozen = convert_linear(r, kernel, bound)
-    if n in integers and not _same_integers(frozen, q):
-      raise RuntimeError(f"AQT's convert did not reproduce GPTQ's integers for layer {n}.")
-    served = {"aqt": frozen["aqt"]}
+    if not r.symmetric:
+      q, scale, zero = integers[n] if n in integers else quantize_asym(
+          kernel, r.weight_bits, r.group_size, bound)
+      frozen = zero_point.freeze(q, scale, zero, r.weight_bits, r.group_size)
+      dequantized = zero_point.dequantize(frozen["zq"])
+    else:
+      if n in integers:
+        q, scale, _ = integers[n]
+        kernel, bound = dequantize(q, scale, r.group_size), scale * qmax(r.weight_bits)
+      frozen = convert_linear(r, kernel, bound)
+      if n in integers and not _same_integers(frozen, q):
+        raise RuntimeError(f"AQT's convert did not reproduce GPTQ's integers for layer {n}.")
+      dequantized = dequantize_frozen(frozen["aqt"]["qrhs"])
+    weights = {**frozen, "flat": t.online[n]} if n in t.online else frozen
+    served = dict(weights)
     if "bias" in out[SCOPE[n]][n]:
       served["bias"] = out[SCOPE[n]][n]["bias"]
     out[SCOPE[n]][n] = served
@@ -168,12 +187,12 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     key, out_scale = INPUT_OF[n], t.out_scale.get(n, 1.0)
     # Errors in the original output coordinates (folding may have rescaled this layer's outputs).
     w = t.params[SCOPE[n]][n]["kernel"] * out_scale
-    delta = (t.params[SCOPE[n]][n]["kernel"] - dequantize_frozen(frozen["aqt"]["qrhs"])) * out_scale
+    delta = (t.params[SCOPE[n]][n]["kernel"] - dequantized) * out_scale
     t.info[n]["calib_rel_error"] = float(gram_error(delta, t.stats[key].gram)
                                          / gram_error(w, t.stats[key].gram))
     if stats[key].heldout.shape[0]:
       t.info[n]["heldout_rel_error"] = float(_heldout_error(
-          r, dtype, frozen, t.stats[key].heldout, stats[key].heldout,
+          r, dtype, weights, t.stats[key].heldout, stats[key].heldout,
           jnp.asarray(block[SCOPE[n]][n]["kernel"], jnp.float32), jnp.asarray(out_scale)))
   return out, t.info
 
@@ -188,11 +207,14 @@ class BlockTransform:
   rules: dict[str, LinearQuant | None]  # each linear's quantization (None: stays float)
   out_scale: dict[str, jax.Array]  # per output channel: the factor folding divided it by
   info: dict[str, dict[str, Any]]  # report entries per linear
+  online: dict[str, Any] = dataclasses.field(default_factory=dict)  # served `flat` transforms
 
 
 def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, index: int,
-                    block: Any, stats: dict[str, InputStats] | None) -> BlockTransform:
-  """Applies the method's scale folding (none for rtn / gptq) to block `index`."""
+                    block: Any, stats: dict[str, InputStats] | None,
+                    raw: dict[str, jax.Array] | None = None) -> BlockTransform:
+  """Applies the method's scale folding or transform (none for rtn / gptq) to block `index`;
+  `raw`: the block's raw calibration inputs (flatquant)."""
   t = BlockTransform(
       params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), flax.core.unfreeze(block)),
       stats=stats, bounds={}, rules={n: rules.layer(f"layers_{index}/{SCOPE[n]}/{n}")
@@ -202,6 +224,8 @@ def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     _smooth(t, spec)
   elif spec.method == "awq":
     _awq(t, spec, config)
+  elif spec.method in TRANSFORMS:
+    _transform(t, spec, raw)
   return t
 
 
@@ -271,7 +295,8 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
       expand = jnp.arange(st.abs_mean.shape[0])
       x_mean = st.abs_mean
     kernels = tuple(t.params[SCOPE[n]][n]["kernel"] for n in active)
-    settings = tuple((t.rules[n].weight_bits, t.rules[n].group_size) for n in active)
+    settings = tuple((t.rules[n].weight_bits, t.rules[n].group_size, t.rules[n].symmetric)
+                     for n in active)
     s, alpha = awq.search_scale(kernels, settings, st.gram, x_mean, expand, grid=spec.awq_grid)
     _fold(t, prev, names, s, expand)
     t.stats[key] = st.scaled(1 / s[expand])
@@ -282,25 +307,61 @@ def _awq(t: BlockTransform, spec: QuantSpec, config: ModelConfig) -> None:
       if r is not None and n not in ("q_proj", "k_proj"):  # as the reference: no q/k clipping
         t.bounds[n] = awq.search_clip(t.params[SCOPE[n]][n]["kernel"], t.stats[INPUT_OF[n]].gram,
                                       bits=r.weight_bits, group_size=r.group_size,
-                                      grid=spec.awq_grid)
+                                      grid=spec.awq_grid, symmetric=r.symmetric)
 
 
-def _gptq(work, stats, rule, spec: QuantSpec) -> dict[str, tuple[jax.Array, jax.Array]]:
+def _transform(t: BlockTransform, spec: QuantSpec, raw: dict[str, jax.Array] | None) -> None:
+  """One transform per linear input, shared by the linears reading it."""
+  if spec.method == "flatquant" and raw is None:
+    raise QuantConfigError("method 'flatquant' learns its transforms from calibration data: pass "
+                           "calibration_tokens=... or tokenizer=....")
+  t.stats = None if t.stats is None else dict(t.stats)
+  for key in ("attn_in", "o_in", "mlp_in", "down_in"):
+    names = [n for n in SCOPE if INPUT_OF[n] == key and t.rules[n] is not None]
+    if not names:
+      continue
+    kernels = [t.params[SCOPE[n]][n]["kernel"] for n in names]
+    r = t.rules[names[0]]
+    if spec.method == "hadamard":
+      transform, clips, info = flatquant.hadamard(kernels[0].shape[0]), None, {}
+    else:
+      transform, clips, info = flatquant.learn(
+          raw[key], kernels, weight_bits=r.weight_bits, act_bits=r.act_bits,
+          steps=spec.transform_steps, lr=spec.transform_lr, seed=spec.calibration.seed)
+    for i, n in enumerate(names):
+      folded = flatquant.fold(kernels[i], transform)
+      t.params[SCOPE[n]][n]["kernel"] = folded
+      t.online[n] = flatquant.served(transform)
+      if clips is not None:
+        t.bounds[n] = absmax_bound(folded, r.group_size) * clips[i][None, :]
+      t.info[n].update({f"transform_{k}": v for k, v in info.items()})
+    if t.stats is not None:
+      # Weight-rounding errors are measured on x T; held-out inputs stay raw (served online).
+      m = flatquant.matrix(transform)
+      st = t.stats[key]
+      t.stats[key] = InputStats(jnp.dot(m.T, jnp.dot(st.gram, m, precision=_HP), precision=_HP),
+                                st.abs_mean, st.abs_max, st.heldout)
+
+
+def _gptq(work, stats, rule, spec: QuantSpec) -> dict[str, tuple[jax.Array, ...]]:
   """GPTQ per shared input: linears with the same input and setting are solved as one kernel (the
   algorithm treats output channels independently given the Hessian)."""
   result = {}
   for key in ("attn_in", "o_in", "mlp_in", "down_in"):
     by_setting: dict[tuple, list[str]] = {}
     for n in (n for n in SCOPE if INPUT_OF[n] == key and rule[n] is not None):
-      by_setting.setdefault((rule[n].weight_bits, rule[n].group_size), []).append(n)
-    for (bits, group_size), names in by_setting.items():
+      by_setting.setdefault((rule[n].weight_bits, rule[n].group_size, rule[n].symmetric),
+                            []).append(n)
+    for (bits, group_size, symmetric), names in by_setting.items():
       kernels = [work[SCOPE[n]][n]["kernel"] for n in names]
-      q, scale = gptq(jnp.concatenate(kernels, axis=1), stats[key].gram, bits=bits,
-                      group_size=group_size, damp=spec.damp, block_size=spec.block_size,
-                      act_order=spec.act_order, static_groups=spec.static_groups)
+      q, scale, zero = gptq(jnp.concatenate(kernels, axis=1), stats[key].gram, bits=bits,
+                            group_size=group_size, damp=spec.damp, block_size=spec.block_size,
+                            act_order=spec.act_order, static_groups=spec.static_groups,
+                            symmetric=symmetric)
       start = 0
       for n, k in zip(names, kernels):
         width = k.shape[1]
-        result[n] = (q[:, start:start + width], scale[:, start:start + width])
+        part = slice(start, start + width)
+        result[n] = (q[:, part], scale[:, part], None if zero is None else zero[:, part])
         start += width
   return result

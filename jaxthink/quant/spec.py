@@ -33,7 +33,8 @@ SCHEMES = {
     "w8a8": Scheme(8, 8, None),
     "w4a4": Scheme(4, 4, None),
 }
-METHODS = ("rtn", "gptq", "awq", "smoothquant")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "hadamard", "flatquant")
+TRANSFORMS = ("hadamard", "flatquant")  # online activation transforms, weight-and-activation only
 PER_CHANNEL = -1  # `group_size: -1` asks for one scale per output channel (GPTQ's convention)
 
 
@@ -100,10 +101,14 @@ class QuantSpec:
 
   Attributes:
     scheme: one of `SCHEMES` (`w8a16`, `w4a16`, `w3a16`, `w8a8`, `w4a4`, or `none`).
-    method: `rtn` (round to nearest), `gptq`, `awq`, or `smoothquant` (w8a8 only).
+    method: `rtn` (round to nearest), `gptq`, `awq`, `smoothquant` (w8a8 only), or the online
+      transforms `hadamard` / `flatquant` (w4a4 / w8a8).
     group_size: input channels sharing one scale; None takes the scheme's default (128 for
       w4a16/w3a16, per channel otherwise), -1 means per channel.
     kv_bits: None, 8 or 4: KV-cache quantization, applied by the decode engine's cache.
+    symmetric: the weight grid. False: a zero point per group and output channel (min/max range,
+      weight-only schemes); True: symmetric (`max |w|`). None (default) takes the studies'
+      choice: asymmetric for GPTQ / AWQ at 3 and 4 bits weight-only, symmetric otherwise.
     rules: which linears are quantized (first full match of `LayerRule.pattern` wins).
     calibration: calibration text (used by gptq/awq/smoothquant, and by every method for the
       per-layer error report).
@@ -115,12 +120,15 @@ class QuantSpec:
     awq_grid: AWQ scale-exponent grid size (alpha in {0, 1/grid, ..., (grid-1)/grid}).
     awq_clip: AWQ also searches a clipping range per group.
     smooth_alpha: SmoothQuant migration strength.
+    transform_steps / transform_lr / transform_tokens: FlatQuant's AdamW steps, learning rate
+      and calibration tokens per linear input (`jaxthink.quant.flatquant`).
   """
 
   scheme: str = "w4a16"
   method: str = "rtn"
   group_size: int | None = None
   kv_bits: int | None = None
+  symmetric: bool | None = None
   rules: tuple[LayerRule, ...] = (LayerRule(r".*"),)
   calibration: CalibrationSpec = CalibrationSpec()
   damp: float = 0.01
@@ -130,6 +138,9 @@ class QuantSpec:
   awq_grid: int = 20
   awq_clip: bool = True
   smooth_alpha: float = 0.5
+  transform_steps: int = 150
+  transform_lr: float = 5e-3
+  transform_tokens: int = 4096
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:
@@ -141,6 +152,9 @@ class QuantSpec:
     if self.method == "smoothquant" and self.scheme != "w8a8":
       raise QuantConfigError(f"method 'smoothquant' is for scheme 'w8a8' (weights and "
                              f"activations in int8), not {self.scheme!r}.")
+    if self.method in TRANSFORMS and self.act_bits is None:
+      raise QuantConfigError(f"method {self.method!r} transforms activations before quantizing "
+                             f"them: use it with 'w4a4' or 'w8a8', not {self.scheme!r}.")
     if self.scheme == "none" and self.method != "rtn":
       raise QuantConfigError(f"scheme 'none' keeps float weights; method {self.method!r} needs a "
                              "weight scheme such as 'w4a16'.")
@@ -148,6 +162,11 @@ class QuantSpec:
       raise QuantConfigError(f"kv_bits={self.kv_bits!r} is not supported; use one of "
                              f"{list(KV_BITS)}.")
     _check_group_size(self.group_size, "group_size")
+    if self.symmetric is False and self.act_bits is not None:
+      raise QuantConfigError(
+          f"symmetric: false (zero-point weights) is for weight-only schemes (w8a16, w4a16, "
+          f"w3a16), not {self.scheme!r}: its int x int product needs symmetric weights. Drop "
+          "`symmetric` or use a weight-only scheme.")
     if not self.rules:
       raise QuantConfigError("rules is empty: no layer would be quantized. Use the default "
                              "[{pattern: '.*'}] to quantize every linear of the blocks.")
@@ -168,6 +187,13 @@ class QuantSpec:
   @property
   def act_bits(self) -> int | None:
     return SCHEMES[self.scheme].act_bits
+
+  def resolved_symmetric(self) -> bool:
+    """The weight grid: the explicit `symmetric`, else the studies' default."""
+    if self.symmetric is not None:
+      return self.symmetric
+    return not (self.method in ("gptq", "awq") and self.act_bits is None
+                and self.weight_bits in (3, 4))
 
   @property
   def needs_calibration(self) -> bool:
