@@ -14,7 +14,8 @@ separator is the newline its tokenizer already holds as one token (its steps are
 `synthetic_step_solutions` makes such data from the embedded model's task generator: each line of a
 generated solution is a step, rated by exact arithmetic (the generator writes every step as
 "a op b = c"): +1 for a right step, -1 for the deliberately wrong step of a self-check that
-flags it on the next line, 0 for a remark or a step that flags and fixes its own slip.
+flags it on the next line (training stops there), 0 for a remark or for a line that flags a slip
+("Wait, 18 + 9 = 29 is wrong. 18 + 9 = 27."; kept: wrong-then-flagged steps are trained on).
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ def encode(tokenizer, solutions: Sequence[StepSolution], fmt: StepFormat, max_le
 
 
 def rate_line(line: str) -> int:
-  """A synthetic solution line's rating by exact arithmetic (see the module docstring)."""
+  """A synthetic solution line's rating (see the module docstring): the generator writes each
+  step as "a op b = c" and flags its deliberate slips with "<claim> is wrong"."""
   claims = find_arithmetic_claims(line)
   if not claims:
     return 0
-  if not claims[0].holds:
-    return 0 if claims[-1].holds else -1  # flagged and fixed on its own line: neutral
-  return 1 if all(c.holds for c in claims) else 0
+  if all(c.holds for c in claims):
+    return 1
+  return 0 if " is wrong" in line else -1
 
 
 def synthetic_step_solutions(split: str, n: int, seed: int, difficulty: int = 1, *,
