@@ -159,7 +159,7 @@ QUANT_ROWS = rows(
     ("a", True, 200, None, 2),
     ("b", True, 300, None, 3),
     ("b", False, 400, "overthinking", 4),
-    ("c", False, 500, "arithmetic", 5),
+    ("c", False, 500, "computation", 5),
     ("c", False, 600, "overthinking", 6),
   ]
 )
@@ -169,10 +169,11 @@ def test_summarize_variant_by_hand():
   summary = summarize_variant("w3", QUANT_ROWS)
   assert summary.accuracy == pytest.approx((1 + 0.5 + 0) / 3)  # pass@1 per problem, averaged
   assert (summary.n_problems, summary.n_responses, summary.mean_cot_tokens) == (3, 6, 350)
-  assert summary.failure_counts == {"overthinking": 2, "truncated": 0, "arithmetic": 1, "other": 0}
+  assert summary.failure_counts == {"overthinking": 2, "truncated": 0, "computation": 1,
+                                    "step omission": 0, "logical": 0, "other": 0}
   assert summary.failure_share("overthinking") == pytest.approx(2 / 3)
   assert summary.markers_per_response == 3.5
-  assert summary.to_dict()["failure_shares"]["arithmetic"] == pytest.approx(1 / 3)
+  assert summary.to_dict()["failure_shares"]["computation"] == pytest.approx(1 / 3)
 
 
 def test_summary_rejects_bad_rows():
@@ -218,6 +219,8 @@ def test_report_table_and_pngs(tmp_path):
     "0.0%",
     "0.0%",
     "0.0%",
+    "0.0%",
+    "0.0%",
     "100.0%",
     "1.00",
     "n/a",
@@ -238,6 +241,8 @@ def test_report_table_and_pngs(tmp_path):
     "66.7%",
     "0.0%",
     "33.3%",
+    "0.0%",
+    "0.0%",
     "0.0%",
     "3.50",
     "1.6500",

@@ -293,7 +293,8 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
   ax.set_xticklabels(names, rotation=20, ha="right")
   ax = fig.add_subplot(1, 2, 2)
   bottom = np.zeros(len(summaries))
-  for bucket, color in zip(BUCKETS, ("tab:red", "tab:orange", "tab:purple", "tab:gray")):
+  for bucket, color in zip(BUCKETS, ("tab:red", "tab:orange", "tab:purple", "tab:gray",
+                                        "tab:olive", "tab:cyan")):
     heights = np.array([s.failure_counts[bucket] for s in summaries], np.float64)
     ax.bar(positions, heights, bottom=bottom, color=color, label=bucket)
     bottom += heights

@@ -28,7 +28,10 @@ from jaxthink.eval.penalty_report import TokenAnalysis
 from jaxthink.eval.run_dir import RunDir, response_key
 from jaxthink.eval.token_sets import variant_penalty
 from jaxthink.eval.validate import check_mesh, prompt_tokens, validate
+from jaxthink.finetune.adapters import adapted, with_adapters
+from jaxthink.finetune.checkpoint import load_adapters
 from jaxthink.grading import analyze_response, failure_bucket, grade
+from jaxthink.grading.omission import reference_steps
 from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
 from jaxthink.quant import load_quantized
@@ -99,17 +102,26 @@ def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
 
 
 def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cache: QuantCache):
-  """`((model, params), kv_bits)` of the model a variant generates with."""
+  """`((model, params), kv_bits)` of the model a variant generates with (adapters added)."""
+  (model, params), spec = _base_policy(variant, reference, cfg, mesh, cache)
+  if variant.adapter is not None:
+    adapters, meta = load_adapters(variant.adapter, spec)
+    model, params = adapted(model, meta.adapter), with_adapters(params, adapters)
+  return (model, params), None if spec is None else spec.kv_bits
+
+
+def _base_policy(variant, reference, cfg, mesh, cache):
+  """`((model, params), quant spec or None)` before adapters."""
   if variant.checkpoint is not None:
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
-    return (quantized.model, quantized.params), spec.kv_bits
+    return (quantized.model, quantized.params), spec
   spec = cfg.quant_spec(variant)
   if spec is None:
     return (reference.model, reference.params), None
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
   policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)
-  return policy, spec.kv_bits
+  return policy, spec
 
 
 def _row_seed(seed: int, item: WorkItem) -> int:
@@ -172,7 +184,9 @@ def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResu
       "key": item.key(variant.name), "variant": variant.name, "benchmark": item.benchmark,
       "index": item.index, "sample": item.sample, "problem_id": f"{item.benchmark}/{item.problem.id}",
       "gold": item.problem.answer, "extracted": g.extracted, "correct": g.correct,
-      "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(g, over, text),
+      "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(
+          g, over, text, reference_steps(item.benchmark, item.problem.problem,
+                                         item.problem.solution, item.problem.answer)),
       "overthinking_error": over.overthinking_error,
       "first_correct_token": over.first_correct_token, "tokens_after_first_correct":
       over.tokens_after_first_correct, "n_markers": over.n_markers,

@@ -80,14 +80,20 @@ def load_adapters(directory: str | Path, quant: QuantSpec | None = None,
                   check_quant: bool = True) -> tuple[Any, AdapterMeta]:
   """`(adapters, meta)`; with `check_quant`, the base recipe they were trained on must be `quant`
   (the weights they correct)."""
-  meta = read_adapter_meta(directory)
-  if check_quant and _recipe(meta.quant) != _recipe(quant):
-    raise AdapterCheckpointError(
-        f"{directory}: the adapters were trained on base {_describe(meta.quant)}, but the variant "
-        f"loads them onto {_describe(quant)}; use the recipe in its adapter.json.")
+  meta = check_base(directory, quant) if check_quant else read_adapter_meta(directory)
   adapters = ocp.StandardCheckpointer().restore(Path(directory).expanduser().absolute()
                                                 / "adapters")
   return adapters, meta
+
+
+def check_base(directory: str | Path, quant: QuantSpec | None) -> AdapterMeta:
+  """The adapters' metadata, after checking they were trained on the base recipe `quant`."""
+  meta = read_adapter_meta(directory)
+  if _recipe(meta.quant) != _recipe(quant):
+    raise AdapterCheckpointError(
+        f"{directory}: the adapters were trained on base {_describe(meta.quant)}, but the variant "
+        f"loads them onto {_describe(quant)}; use the recipe in its adapter.json.")
+  return meta
 
 
 def _recipe(spec: QuantSpec | None):
