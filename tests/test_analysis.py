@@ -17,6 +17,7 @@ from jaxthink.analysis import (
   write_report,
 )
 from jaxthink.analysis.stats import near_markers
+from jaxthink.analysis.report import failure_examples
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -271,3 +272,16 @@ def test_hexbin_points_subsample_is_seeded():
   a, b = hexbin_points(buffers, max_points=4, seed=3), hexbin_points(buffers, max_points=4, seed=3)
   np.testing.assert_array_equal(a[0], b[0])
   assert len(a[0]) == 4
+
+
+def test_failure_examples_quote_each_bucket():
+  rows = {"w3": [{"problem_id": "tiny/1", "failure": "computation",
+                  "response": "<think>\n12 + 3 = 14.\n</think>\n\\boxed{14}"},
+                 {"problem_id": "tiny/2", "failure": None, "response": "right"},
+                 {"problem_id": "tiny/3", "failure": "step omission", "response": "x" * 500}]}
+  lines = failure_examples(rows, per_bucket=1, chars=40)
+  assert lines[0] == "## Failure examples"
+  assert "- **w3**, computation, `tiny/1`: …<think> ⏎ 12 + 3 = 14. ⏎ </think> ⏎ \\boxed{14}" in lines
+  assert f"- **w3**, step omission, `tiny/3`: …{'x' * 40}" in lines
+  assert len(lines) == 4
+  assert failure_examples({"full": rows["w3"][1:2]}) == []

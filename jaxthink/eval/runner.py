@@ -14,7 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxthink.analysis.report import VariantSummary, hexbin_points, summarize_variant, write_report
+from jaxthink.analysis.report import (VariantSummary, failure_examples, hexbin_points,
+                                     summarize_variant, write_report)
 from jaxthink.analysis.stats import TokenBuffers, token_stats
 from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
@@ -207,6 +208,7 @@ def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   summaries: list[VariantSummary] = []
   points = {}
   analysis = TokenAnalysis(tok, min_count=min(v.penalty.min_count for v in cfg.variants))
+  by_variant = {v.name: [r for r in rows if r["variant"] == v.name] for v in cfg.variants}
   for variant in cfg.variants:
     vrows = [r for r in rows if r["variant"] == variant.name]
     if not vrows:
@@ -220,7 +222,8 @@ def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   baselines = {v.name: v.compare_to or cfg.variants[0].name for v in cfg.variants}
   files = write_report(summaries, run.path, baseline=baselines, token_points=points,
                        title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}",
-                       sections=analysis.sections(run, cfg.variants, summaries, baselines))
+                       sections=[*analysis.sections(run, cfg.variants, summaries, baselines),
+                                 *failure_examples(by_variant)])
   summary = {"config": str(run.path / "config.json"),
              "variants": {s.name: s.to_dict() for s in summaries}}
   (run.path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
