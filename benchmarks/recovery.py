@@ -160,7 +160,8 @@ def main():
     print(f"gap recovered: {recovered:.2f} (95% CI [{lo:.2f}, {hi:.2f}]), training "
           f"{record['seconds']} s")
   print(json.dumps({"full_acc": acc["full"], "quant_acc": acc["quant"], "tuned_acc": acc["tuned"],
-                    "gap_recovered": recovered, "full_tuned_acc": acc.get("full_tuned"), **ci, "problems": len(problems),
+                    "gap_recovered": recovered, "full_tuned_acc": acc.get("full_tuned"), **ci,
+                    "problems": len(problems),
                     "split": args.split, "train_seconds": record["seconds"],
                     "train_steps": record["steps_run"], "scheme": args.scheme,
                     "group_size": args.group_size, "rank": args.rank, "lr": args.lr,

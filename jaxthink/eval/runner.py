@@ -210,7 +210,7 @@ def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   analysis = TokenAnalysis(tok, min_count=min(v.penalty.min_count for v in cfg.variants))
   by_variant = {v.name: [r for r in rows if r["variant"] == v.name] for v in cfg.variants}
   for variant in cfg.variants:
-    vrows = [r for r in rows if r["variant"] == variant.name]
+    vrows = by_variant[variant.name]
     if not vrows:
       continue
     buffers = TokenBuffers.from_sequences([dict(np.load(run.path / r["token_file"])) for r in vrows])

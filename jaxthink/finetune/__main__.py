@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from jaxthink.config import ConfigError, load_config, path_field
 from jaxthink.eval.config import ModelSpec
 from jaxthink.finetune.adapters import AdapterConfigError, AdapterSpec
-from jaxthink.finetune.checkpoint import AdapterCheckpointError, save_adapters
-from jaxthink.finetune.prm800k import PRM800K_FILES, read_prm800k
+from jaxthink.data.download import DownloadError
+from jaxthink.finetune.checkpoint import AdapterCheckpointError, describe_base, save_adapters
+from jaxthink.finetune.prm800k import PRM800K_FILES, PRM800KError, read_prm800k
 from jaxthink.finetune.steps import StepFormat, encode, synthetic_step_solutions
 from jaxthink.finetune.train import TrainSpec, finetune
 from jaxthink.quant import QuantConfigError, QuantSpec, quantize
@@ -57,6 +58,8 @@ class FinetuneConfig:
   overwrite: bool = False
 
   def __post_init__(self):
+    if self.data.source == "synthetic" and self.data.problems is None:
+      raise ConfigError("data.problems: the synthetic generator needs a number of problems.")
     if self.data.source == "prm800k" and self.data.file not in PRM800K_FILES:
       raise ConfigError(f"data.file: {self.data.file!r} is not a PRM800K file; use one of "
                         f"{sorted(PRM800K_FILES)}.")
@@ -64,7 +67,7 @@ class FinetuneConfig:
 
 def solutions(data: DataSpec):
   if data.source == "synthetic":
-    return synthetic_step_solutions("train", data.problems or 4800, data.seed, data.difficulty,
+    return synthetic_step_solutions("train", data.problems, data.seed, data.difficulty,
                                     check_fraction=data.check_fraction,
                                     fix_fraction=data.fix_fraction)
   rows = read_prm800k(data.file, data.data_dir)
@@ -86,7 +89,7 @@ def run(cfg: FinetuneConfig, log=print) -> Path:
   tokens, token_mask, loss_mask = encode(pretrained.tokenizer, data, cfg.step_format,
                                          cfg.train.max_len)
   log(f"{len(data)} step solutions ({sum(d.complete for d in data)} complete), "
-      f"{int(loss_mask.sum())} solution tokens; base {cfg.quant.scheme + '-' + cfg.quant.method if cfg.quant else 'float'}")
+      f"{int(loss_mask.sum())} solution tokens; base {describe_base(cfg.quant)}")
   adapters, record = finetune(model, params, cfg.adapter, tokens, token_mask, loss_mask,
                               cfg.train, log=log)
   out = save_adapters(cfg.output, adapters, base_model=str(cfg.model.path), quant=cfg.quant,
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(FinetuneConfig, args.config, args.set)
     run(cfg)
   except (ConfigError, QuantConfigError, AdapterConfigError, AdapterCheckpointError,
-          ValueError) as e:
+          PRM800KError, DownloadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

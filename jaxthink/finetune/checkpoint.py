@@ -91,8 +91,8 @@ def check_base(directory: str | Path, quant: QuantSpec | None) -> AdapterMeta:
   meta = read_adapter_meta(directory)
   if _recipe(meta.quant) != _recipe(quant):
     raise AdapterCheckpointError(
-        f"{directory}: the adapters were trained on base {_describe(meta.quant)}, but the variant "
-        f"loads them onto {_describe(quant)}; use the recipe in its adapter.json.")
+        f"{directory}: the adapters were trained on base {describe_base(meta.quant)}, but the "
+        f"variant loads them onto {describe_base(quant)}; use the recipe in its adapter.json.")
   return meta
 
 
@@ -103,6 +103,7 @@ def _recipe(spec: QuantSpec | None):
   return (spec.scheme, spec.method, spec.resolved_group_size(), spec.rules)
 
 
-def _describe(spec: QuantSpec | None) -> str:
+def describe_base(spec: QuantSpec | None) -> str:
+  """"w3a16-rtn (group 64)", or "float weights"."""
   return "float weights" if spec is None else (
       f"{spec.scheme}-{spec.method} (group {spec.resolved_group_size()})")

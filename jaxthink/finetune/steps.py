@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxthink.config import ConfigError
 from jaxthink.grading.taxonomy import find_arithmetic_claims
 from jaxthink.models.tokenizer import reasoning_prompt
 from jaxthink.tiny.task import generate_problems
@@ -37,6 +38,10 @@ class StepFormat:
   """How steps are written: joined by `separator` inside the thinking."""
 
   separator: str = "\n"
+
+  def __post_init__(self):
+    if not self.separator:
+      raise ConfigError("step_format.separator is empty: steps need a separator (e.g. \"\\n\").")
 
 
 @dataclasses.dataclass(frozen=True)

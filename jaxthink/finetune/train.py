@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxthink.config import ConfigError
 from jaxthink.finetune.adapters import AdapterSpec, adapted, init_adapters, with_adapters
 from jaxthink.models.decoder import Decoder, positions_from_mask
 from jaxthink.tiny.train import length_bucketed_batches
@@ -40,11 +41,11 @@ class TrainSpec:
   def __post_init__(self):
     for name in ("steps", "batch_size", "max_len"):
       if getattr(self, name) < 1:
-        raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1.")
+        raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1.")
     if not 0 <= self.warmup_steps < self.steps:
-      raise ValueError(f"train.warmup_steps={self.warmup_steps} must be in [0, steps).")
+      raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be in [0, steps).")
     if self.peak_lr <= 0 or self.clip_norm <= 0:
-      raise ValueError("train.peak_lr and train.clip_norm must be > 0.")
+      raise ConfigError("train.peak_lr and train.clip_norm must be > 0.")
 
   def optimizer(self) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, self.peak_lr, self.warmup_steps,

@@ -4,9 +4,9 @@ Two kinds of reference step:
 
 * an *operation* (`op`, `amount`): on the embedded model's synthetic task every step is one
   "a op b = c" of whole numbers (`jaxthink.tiny.task`), so the true ones in the reference solution
-  are exactly the generator's step graph (`synthetic_steps` builds the same list from the computation itself). A
-  response omits the step when none of its true "a op b = c" applies that operation to that
-  amount (it may merge steps, skip one, or never do it);
+  are exactly the generator's step graph (`synthetic_steps` builds the same list from the
+  computation itself). A response omits the step when none of its true "a op b = c" applies that
+  operation to that amount (it may merge steps, skip one, or never do it);
 * a *quantity*: on MATH-style solutions, the plain numbers the reference derives ("= 96") that are
   neither given in the problem nor the final answer. A response omits it when the number never
   appears in it.

@@ -31,13 +31,11 @@ import ast
 import dataclasses
 import re
 from fractions import Fraction
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from jaxthink.grading.grade import Grade
+from jaxthink.grading.omission import ReferenceStep, omitted_steps
 from jaxthink.grading.overthinking import OverthinkingResult
-
-if TYPE_CHECKING:
-  from jaxthink.grading.omission import ReferenceStep
 
 BUCKETS = ("overthinking", "truncated", "computation", "step omission", "logical", "other")
 
@@ -237,15 +235,13 @@ def find_arithmetic_claims(text: str) -> list[ArithmeticClaim]:
 
 def failure_bucket(
   grade: Grade, overthinking: OverthinkingResult, response_text: str,
-  reference_steps: Sequence["ReferenceStep"] = (),
+  reference_steps: Sequence[ReferenceStep] = (),
 ) -> str | None:
   """The bucket of a wrong response (see ``BUCKETS``), or None for a correct one.
 
   ``reference_steps``: the steps the reference solution needs (``omission.reference_steps``);
   without them no response is a step omission.
   """
-  from jaxthink.grading.omission import omitted_steps  # noqa: PLC0415 (it reads claims from here)
-
   if grade.correct:
     return None
   if overthinking.overthinking_error:
