@@ -11,10 +11,11 @@ import pytest
 
 from jaxthink.eval.config import EMBEDDED_MODEL_DIR
 from jaxthink.finetune.adapters import (AdapterConfigError, AdapterRule, AdapterSpec, adapted,
-                                        init_adapters, split_adapters, with_adapters)
+                                        init_adapters, merge_adapters, split_adapters,
+                                        with_adapters)
 from jaxthink.finetune.steps import StepFormat, encode, synthetic_step_solutions
 from jaxthink.finetune.train import TrainSpec, finetune, solution_loss, train_step
-from jaxthink.models import load_pretrained
+from jaxthink.models import load_pretrained, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.models.layers import Linear
 from jaxthink.quant import QuantSpec, quantize
@@ -164,3 +165,27 @@ def test_rules_pick_targets_and_ranks():
     AdapterSpec(rules=(AdapterRule("lm_head"),)).targets(pretrained.config)
   with pytest.raises(AdapterConfigError, match="rank"):
     AdapterSpec(rank=0)
+
+
+def test_merged_float_export_matches_the_adapted_quantized_model(tmp_path):
+  pretrained, qmodel, qparams = _models()
+  tokens, mask = _batch(seed=4)
+  rng = np.random.default_rng(3)
+  adapters = jax.tree.map(lambda v: jnp.asarray(rng.normal(size=v.shape) * 0.05, jnp.float32),
+                          init_adapters(qmodel.config, SPEC))
+  positions = positions_from_mask(mask)
+  adapted_logits, _ = adapted(qmodel, SPEC).apply({"params": with_adapters(qparams, adapters)},
+                                                  tokens, positions, mask)
+  merged = merge_adapters(qparams, adapters, SPEC)
+  assert "aqt" not in str(jax.tree_util.tree_structure(merged))
+  save_pretrained(tmp_path, pretrained.config, merged, dtype=jnp.float32)
+  exported = load_pretrained(tmp_path, dtype=jnp.float32)
+  merged_logits, _ = exported.model.apply({"params": exported.params}, tokens, positions, mask)
+  np.testing.assert_allclose(np.asarray(merged_logits), np.asarray(adapted_logits), atol=2e-4)
+  # The float model's own adapters merge the same way (kernel + (alpha / r) A B).
+  float_merged = merge_adapters(pretrained.params, adapters, SPEC)
+  float_logits, _ = adapted(pretrained.model, SPEC).apply(
+      {"params": with_adapters(pretrained.params, adapters)}, tokens, positions, mask)
+  np.testing.assert_allclose(
+      np.asarray(pretrained.model.apply({"params": float_merged}, tokens, positions, mask)[0]),
+      np.asarray(float_logits), atol=2e-4)

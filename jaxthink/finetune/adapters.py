@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxthink.models.config import ModelConfig
-from jaxthink.quant.metrics import dequantize_frozen
+from jaxthink.quant.metrics import dequantize_frozen, frozen_layers
 from jaxthink.quant.spec import linear_shapes
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
@@ -182,3 +182,28 @@ def with_adapters(base: Any, adapters: Any) -> dict[str, Any]:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(base))
   flat.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(adapters)))
   return flax.traverse_util.unflatten_dict(flat)
+
+
+def merge_adapters(params: Any, adapters: Any, spec: AdapterSpec, dtype=jnp.float32) -> dict:
+  """Float params of a plain `Decoder` (no `quant`) computing the adapted model: each adapted
+  kernel becomes `W + (alpha / r) A B`, `W` the float kernel or the dequantized integers (quantized
+  layers left without an adapter are dequantized too), ready for `save_pretrained` (HF export)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  kernels = {path: jnp.asarray(flat.pop(tuple(path.split("/")) + ("kernel",)), jnp.float32)
+             for path in _paths(flat, ("kernel",))}
+  for path, frozen in frozen_layers(flax.traverse_util.unflatten_dict(flat)).items():
+    kernels[path] = dequantize_frozen(frozen)
+  flat = {k: v for k, v in flat.items() if "aqt" not in k}
+  lora = flax.traverse_util.flatten_dict(flax.core.unfreeze(adapters))
+  for path in _paths(lora, ("lora_a",)):
+    a, b = (lora[tuple(path.split("/")) + (name,)] for name in ADAPTER_KEYS)
+    kernels[path] = kernels[path] + jnp.dot(a, b) * (spec.alpha / a.shape[1])
+  for path, kernel in kernels.items():
+    flat[tuple(path.split("/")) + ("kernel",)] = kernel
+  return flax.traverse_util.unflatten_dict({k: jnp.asarray(v, dtype) for k, v in flat.items()})
+
+
+def _paths(flat: dict, leaf: tuple[str, ...]) -> list[str]:
+  """Layer paths (`layers_0/mlp/up_proj`) of the flat params ending in `leaf`, blocks only."""
+  return ["/".join(k[:-len(leaf)]) for k in flat
+          if k[-len(leaf):] == leaf and k[0].startswith("layers_")]
