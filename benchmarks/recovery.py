@@ -146,7 +146,7 @@ def main():
            "full_tuned": f"full precision + LoRA r{args.rank}"}
   print(f"\n{len(problems)} held-out problems ({args.split} split), greedy, "
         f"{MAX_NEW_TOKENS} new tokens at most")
-  print(f"| variant | accuracy | 95% CI | eval s | " + " | ".join(BUCKETS) + " |")
+  print("| variant | accuracy | 95% CI | eval s | " + " | ".join(BUCKETS) + " |")
   print("|---|---:|---|---:|" + "---:|" * len(BUCKETS))
   for name in policies:
     counts = collections.Counter(r["failure"] for r in rows[name])

@@ -12,6 +12,7 @@ from jaxthink.eval.config import EvalConfig
 from jaxthink.eval.runner import evaluate
 from jaxthink.finetune.__main__ import main
 from jaxthink.finetune.checkpoint import load_adapters
+from jaxthink.quant import QuantSpec
 
 REPO = Path(__file__).resolve().parents[1]
 W3 = {"scheme": "w3a16", "method": "rtn", "group_size": 64}
@@ -36,14 +37,9 @@ def test_adapter_json_records_the_recipe(adapter_dir):
       {"pattern": ".*", "adapt": True, "rank": None}]
   assert meta["step_format"] == {"separator": "\n"}
   assert meta["data"]["source"] == "synthetic" and meta["record"]["steps_run"] == 3
-  adapters, loaded = load_adapters(adapter_dir, loaded_quant := _w3())
-  assert loaded.adapter.rank == 2 and loaded.quant.scheme == loaded_quant.scheme
+  adapters, loaded = load_adapters(adapter_dir, QuantSpec(**W3))
+  assert loaded.adapter.rank == 2 and loaded.quant == QuantSpec(**W3)
   assert adapters["layers_2"]["mlp"]["down_proj"]["lora_a"].shape == (512, 2)
-
-
-def _w3():
-  from jaxthink.quant import QuantSpec  # noqa: PLC0415
-  return QuantSpec(**W3)
 
 
 def _eval_config(tmp_path, adapter_dir, quant):
