@@ -17,6 +17,7 @@ from jaxthink.analysis import (
   write_report,
 )
 from jaxthink.analysis.stats import near_markers
+from jaxthink.analysis.report import failure_examples
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -159,7 +160,7 @@ QUANT_ROWS = rows(
     ("a", True, 200, None, 2),
     ("b", True, 300, None, 3),
     ("b", False, 400, "overthinking", 4),
-    ("c", False, 500, "arithmetic", 5),
+    ("c", False, 500, "computation", 5),
     ("c", False, 600, "overthinking", 6),
   ]
 )
@@ -169,10 +170,11 @@ def test_summarize_variant_by_hand():
   summary = summarize_variant("w3", QUANT_ROWS)
   assert summary.accuracy == pytest.approx((1 + 0.5 + 0) / 3)  # pass@1 per problem, averaged
   assert (summary.n_problems, summary.n_responses, summary.mean_cot_tokens) == (3, 6, 350)
-  assert summary.failure_counts == {"overthinking": 2, "truncated": 0, "arithmetic": 1, "other": 0}
+  assert summary.failure_counts == {"overthinking": 2, "truncated": 0, "computation": 1,
+                                    "step omission": 0, "logical": 0, "other": 0}
   assert summary.failure_share("overthinking") == pytest.approx(2 / 3)
   assert summary.markers_per_response == 3.5
-  assert summary.to_dict()["failure_shares"]["arithmetic"] == pytest.approx(1 / 3)
+  assert summary.to_dict()["failure_shares"]["computation"] == pytest.approx(1 / 3)
 
 
 def test_summary_rejects_bad_rows():
@@ -218,6 +220,8 @@ def test_report_table_and_pngs(tmp_path):
     "0.0%",
     "0.0%",
     "0.0%",
+    "0.0%",
+    "0.0%",
     "100.0%",
     "1.00",
     "n/a",
@@ -238,6 +242,8 @@ def test_report_table_and_pngs(tmp_path):
     "66.7%",
     "0.0%",
     "33.3%",
+    "0.0%",
+    "0.0%",
     "0.0%",
     "3.50",
     "1.6500",
@@ -266,3 +272,16 @@ def test_hexbin_points_subsample_is_seeded():
   a, b = hexbin_points(buffers, max_points=4, seed=3), hexbin_points(buffers, max_points=4, seed=3)
   np.testing.assert_array_equal(a[0], b[0])
   assert len(a[0]) == 4
+
+
+def test_failure_examples_quote_each_bucket():
+  rows = {"w3": [{"problem_id": "tiny/1", "failure": "computation",
+                  "response": "<think>\n12 + 3 = 14.\n</think>\n\\boxed{14}"},
+                 {"problem_id": "tiny/2", "failure": None, "response": "right"},
+                 {"problem_id": "tiny/3", "failure": "step omission", "response": "x" * 500}]}
+  lines = failure_examples(rows, per_bucket=1, chars=40)
+  assert lines[0] == "## Failure examples"
+  assert "- **w3**, computation, `tiny/1`: …<think> ⏎ 12 + 3 = 14. ⏎ </think> ⏎ \\boxed{14}" in lines
+  assert f"- **w3**, step omission, `tiny/3`: …{'x' * 40}" in lines
+  assert len(lines) == 4
+  assert failure_examples({"full": rows["w3"][1:2]}) == []

@@ -22,6 +22,7 @@ from jaxthink.config import load_config, read_yaml
 from jaxthink.data.benchmarks import PACKAGE_DATA_DIR
 from jaxthink.eval.config import EvalConfig, Variant
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
+from jaxthink.finetune.__main__ import FinetuneConfig
 from jaxthink.quantize import QuantizeConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ CONFIGS = REPO / "configs"
 STUDY = CONFIGS / "study"
 DATA = PACKAGE_DATA_DIR  # the benchmark files shipped with jaxthink
 QUANTIZE_CONFIGS = {"quantize_example.yaml"}  # `python -m jaxthink.quantize` configs
+FINETUNE_CONFIGS = {"finetune_demo.yaml"}  # `python -m jaxthink.finetune` configs
 
 STUDY_MODEL_DIRS = ("DeepSeek-R1-Distill-Qwen-1.5B", "DeepSeek-R1-Distill-Qwen-7B",
                     "DeepSeek-R1-Distill-Qwen-14B", "DeepSeek-R1-Distill-Qwen-32B", "QwQ-32B",
@@ -117,6 +119,11 @@ def test_runnable_config_loads_and_validates(path, monkeypatch):
   if path.name in QUANTIZE_CONFIGS:
     cfg = load_config(QuantizeConfig, path)
     cfg.quant.check_fits(architecture(Path(cfg.model)))
+    return
+  if path.name in FINETUNE_CONFIGS:
+    cfg = load_config(FinetuneConfig, path)
+    cfg.quant.check_fits(architecture(cfg.model.directory))
+    cfg.adapter.targets(architecture(cfg.model.directory))
     return
   cfg = load_config(EvalConfig, path)
   config = architecture(cfg.model.directory)

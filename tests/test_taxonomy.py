@@ -23,7 +23,8 @@ def bucket(text, gold, hit_max_tokens=False):
 
 
 def test_one_example_per_bucket():
-  assert BUCKETS == ("overthinking", "truncated", "arithmetic", "other")
+  assert BUCKETS == ("overthinking", "truncated", "computation", "step omission", "logical",
+                     "other")
   assert bucket("<think>\nSo 6 * 7 = 42. Hmm, wait, maybe 41.\n</think>\n\\boxed{41}", "42") == (
     "overthinking"
   )
@@ -31,11 +32,12 @@ def test_one_example_per_bucket():
     bucket("<think>\nLet me try 2 * 3 = 6 and keep going with", "42", hit_max_tokens=True)
     == "truncated"
   )
-  assert bucket("<think>\nSo 12 * 12 = 154.\n</think>\n\\boxed{154}", "144") == "arithmetic"
+  assert bucket("<think>\nSo 12 * 12 = 154.\n</think>\n\\boxed{154}", "144") == "computation"
   assert (
-    bucket("<think>\nThe area is 6 * 7 = 42. So the answer is 42.\n</think>\n\\boxed{42}", "21")
-    == "other"
+    bucket("<think>\nThe area is 6 * 7 = 42. So the area is 42.\n</think>\n\\boxed{42}", "21")
+    == "logical"
   )
+  assert bucket("<think>\nThe area is 6 * 7 = 42.\n</think>\nI am not sure.", "21") == "other"
   assert bucket("<think>\nSo 6 * 7 = 42.\n</think>\n\\boxed{42}", "42") is None
 
 

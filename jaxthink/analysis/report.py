@@ -293,7 +293,8 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
   ax.set_xticklabels(names, rotation=20, ha="right")
   ax = fig.add_subplot(1, 2, 2)
   bottom = np.zeros(len(summaries))
-  for bucket, color in zip(BUCKETS, ("tab:red", "tab:orange", "tab:purple", "tab:gray")):
+  for bucket, color in zip(BUCKETS, ("tab:red", "tab:orange", "tab:purple", "tab:gray",
+                                        "tab:olive", "tab:cyan")):
     heights = np.array([s.failure_counts[bucket] for s in summaries], np.float64)
     ax.bar(positions, heights, bottom=bottom, color=color, label=bucket)
     bottom += heights
@@ -301,6 +302,20 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
   ax.set_xticklabels(names, rotation=20, ha="right")
   ax.legend()
   fig.savefig(path, dpi=100)
+
+
+def failure_examples(rows_by_variant: Mapping[str, Sequence[Mapping]], per_bucket: int = 2,
+                     chars: int = 300) -> list[str]:
+  """Markdown lines: for each variant and failure bucket, up to `per_bucket` wrong responses
+  (`problem_id`, the last `chars` characters of `response`, where the answer is)."""
+  lines = ["## Failure examples", ""]
+  for name, rows in rows_by_variant.items():
+    for bucket in BUCKETS:
+      picked = [r for r in rows if r.get("failure") == bucket][:per_bucket]
+      for row in picked:
+        tail = row["response"][-chars:].replace("\n", " ⏎ ").replace("|", "\\|")
+        lines.append(f"- **{name}**, {bucket}, `{row['problem_id']}`: …{tail}")
+  return lines if len(lines) > 2 else []
 
 
 def write_report(

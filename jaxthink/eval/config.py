@@ -76,6 +76,8 @@ class Variant:
 
   quant: quantize the full-precision model on the fly with this recipe (None: full precision).
   checkpoint: instead, load a `python -m jaxthink.quantize` output directory.
+  adapter: low-rank adapters from `python -m jaxthink.finetune` added on top of the variant's
+    (quantized or float) weights; they must have been trained on the same recipe.
   compare_to: the variant relative changes are reported against (default: the first variant).
   strength_grid: set by a λ grid (`penalty.strength: [...]`): the grid's name, shared by its twins.
   """
@@ -83,6 +85,7 @@ class Variant:
   name: str
   quant: QuantSpec | None = None
   checkpoint: str | None = path_field(None)
+  adapter: str | None = path_field(None)
   penalty: PenaltySpec = PenaltySpec()
   compare_to: str | None = None
   strength_grid: str | None = None
@@ -211,6 +214,15 @@ class EvalConfig:
       if v.checkpoint is not None and not Path(v.checkpoint).expanduser().is_dir():
         raise ConfigError(f"variants.{v.name}.checkpoint: {v.checkpoint} is not a directory; "
                           "write one with `python -m jaxthink.quantize`.")
+      if v.adapter is not None:
+        from jaxthink.finetune.checkpoint import check_base, read_adapter_meta  # noqa: PLC0415
+        try:  # a checkpoint variant's recipe is in its quant.json: checked when it loads
+          if v.checkpoint is None:
+            check_base(v.adapter, v.quant)
+          else:
+            read_adapter_meta(v.adapter)
+        except ValueError as e:
+          raise ConfigError(f"variants.{v.name}.adapter: {e}") from e
       if v.penalty.markers is not None and not Path(v.penalty.markers).expanduser().is_file():
         raise ConfigError(f"variants.{v.name}.penalty.markers: {v.penalty.markers} not found.")
       source = v.quant.calibration.source if v.quant is not None else None

@@ -14,7 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from jaxthink.analysis.report import VariantSummary, hexbin_points, summarize_variant, write_report
+from jaxthink.analysis.report import (VariantSummary, failure_examples, hexbin_points,
+                                     summarize_variant, write_report)
 from jaxthink.analysis.stats import TokenBuffers, token_stats
 from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
@@ -28,7 +29,10 @@ from jaxthink.eval.penalty_report import TokenAnalysis
 from jaxthink.eval.run_dir import RunDir, response_key
 from jaxthink.eval.token_sets import variant_penalty
 from jaxthink.eval.validate import check_mesh, prompt_tokens, validate
+from jaxthink.finetune.adapters import adapted, with_adapters
+from jaxthink.finetune.checkpoint import load_adapters
 from jaxthink.grading import analyze_response, failure_bucket, grade
+from jaxthink.grading.omission import reference_steps
 from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
 from jaxthink.quant import load_quantized
@@ -99,17 +103,26 @@ def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
 
 
 def _policy(variant: Variant, reference: Pretrained, cfg: EvalConfig, mesh, cache: QuantCache):
-  """`((model, params), kv_bits)` of the model a variant generates with."""
+  """`((model, params), kv_bits)` of the model a variant generates with (adapters added)."""
+  (model, params), spec = _base_policy(variant, reference, cfg, mesh, cache)
+  if variant.adapter is not None:
+    adapters, meta = load_adapters(variant.adapter, spec)
+    model, params = adapted(model, meta.adapter), with_adapters(params, adapters)
+  return (model, params), None if spec is None else spec.kv_bits
+
+
+def _base_policy(variant, reference, cfg, mesh, cache):
+  """`((model, params), quant spec or None)` before adapters."""
   if variant.checkpoint is not None:
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
-    return (quantized.model, quantized.params), spec.kv_bits
+    return (quantized.model, quantized.params), spec
   spec = cfg.quant_spec(variant)
   if spec is None:
     return (reference.model, reference.params), None
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
   policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)
-  return policy, spec.kv_bits
+  return policy, spec
 
 
 def _row_seed(seed: int, item: WorkItem) -> int:
@@ -172,7 +185,9 @@ def _grade_row(run: RunDir, variant: Variant, item: WorkItem, result: DecodeResu
       "key": item.key(variant.name), "variant": variant.name, "benchmark": item.benchmark,
       "index": item.index, "sample": item.sample, "problem_id": f"{item.benchmark}/{item.problem.id}",
       "gold": item.problem.answer, "extracted": g.extracted, "correct": g.correct,
-      "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(g, over, text),
+      "truncated": g.truncated, "n_tokens": n, "failure": failure_bucket(
+          g, over, text, reference_steps(item.benchmark, item.problem.problem,
+                                         item.problem.solution, item.problem.answer)),
       "overthinking_error": over.overthinking_error,
       "first_correct_token": over.first_correct_token, "tokens_after_first_correct":
       over.tokens_after_first_correct, "n_markers": over.n_markers,
@@ -193,8 +208,9 @@ def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   summaries: list[VariantSummary] = []
   points = {}
   analysis = TokenAnalysis(tok, min_count=min(v.penalty.min_count for v in cfg.variants))
+  by_variant = {v.name: [r for r in rows if r["variant"] == v.name] for v in cfg.variants}
   for variant in cfg.variants:
-    vrows = [r for r in rows if r["variant"] == variant.name]
+    vrows = by_variant[variant.name]
     if not vrows:
       continue
     buffers = TokenBuffers.from_sequences([dict(np.load(run.path / r["token_file"])) for r in vrows])
@@ -206,7 +222,8 @@ def _report(cfg: EvalConfig, run: RunDir, tok) -> dict[str, Path]:
   baselines = {v.name: v.compare_to or cfg.variants[0].name for v in cfg.variants}
   files = write_report(summaries, run.path, baseline=baselines, token_points=points,
                        title=f"jaxthink evaluation: {', '.join(cfg.benchmarks)}",
-                       sections=analysis.sections(run, cfg.variants, summaries, baselines))
+                       sections=[*analysis.sections(run, cfg.variants, summaries, baselines),
+                                 *failure_examples(by_variant)])
   summary = {"config": str(run.path / "config.json"),
              "variants": {s.name: s.to_dict() for s in summaries}}
   (run.path / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

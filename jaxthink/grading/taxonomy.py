@@ -1,12 +1,18 @@
 """Failure taxonomy: every wrong response falls in exactly one bucket.
 
-Priority order (the first that applies):
+Priority order (the first that applies), after "Quantization Meets Reasoning" (arXiv 2501.03035)
+plus the overthinking study's buckets:
 
 1. ``overthinking``: a correct answer appeared in the thinking and was abandoned;
 2. ``truncated``: no final answer within the token budget;
-3. ``arithmetic``: some claim "a op b = c" in the response is false (exact arithmetic);
-4. ``other``: logical errors, misread problems, formatting and the rest (the studies label these
-   by hand or with an LLM judge).
+3. ``computation``: some claim "a op b = c" in the response is false (exact arithmetic) and the
+   response never retracts it ("18 + 9 = 29 is wrong");
+4. ``other``: no final answer found although the response ended (format; an LLM judge may label
+   these);
+5. ``step omission``: the final answer is reached while a step the reference solution needs is
+   missing (``jaxthink.grading.omission``: on the synthetic task exactly, from the generator's
+   step graph; on MATH-style problems, derived quantities of the reference that never appear);
+6. ``logical``: the rest: a wrong answer whose steps are each arithmetically right and complete.
 
 Arithmetic claims: ``<expression> = <number>`` where the left side holds only numbers (``1,000``
 thousands commas, decimals, ``$`` signs), + - * / × ÷ x ``\\times`` ``\\cdot`` ``\\div`` and
@@ -25,11 +31,13 @@ import ast
 import dataclasses
 import re
 from fractions import Fraction
+from typing import Sequence
 
 from jaxthink.grading.grade import Grade
+from jaxthink.grading.omission import ReferenceStep, omitted_steps
 from jaxthink.grading.overthinking import OverthinkingResult
 
-BUCKETS = ("overthinking", "truncated", "arithmetic", "other")
+BUCKETS = ("overthinking", "truncated", "computation", "step omission", "logical", "other")
 
 # Same-length replacements keep character offsets valid.
 _OPERATOR_SPELLINGS = {
@@ -63,6 +71,8 @@ _CONVERSION_UNITS = re.compile(
   r"ounces?|pence)\b",
   re.IGNORECASE,
 )
+# "12 + 3 = 14 is wrong": a slip the response flags itself is not a false claim it keeps.
+_RETRACTED = re.compile(r"\s*(?:is|was)\s+(?:wrong|incorrect|not right)\b", re.IGNORECASE)
 _SIMPLE_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?")
 
 
@@ -224,15 +234,26 @@ def find_arithmetic_claims(text: str) -> list[ArithmeticClaim]:
 
 
 def failure_bucket(
-  grade: Grade, overthinking: OverthinkingResult, response_text: str
+  grade: Grade, overthinking: OverthinkingResult, response_text: str,
+  reference_steps: Sequence[ReferenceStep] = (),
 ) -> str | None:
-  """The bucket of a wrong response (see ``BUCKETS``), or None for a correct one."""
+  """The bucket of a wrong response (see ``BUCKETS``), or None for a correct one.
+
+  ``reference_steps``: the steps the reference solution needs (``omission.reference_steps``);
+  without them no response is a step omission.
+  """
   if grade.correct:
     return None
   if overthinking.overthinking_error:
     return "overthinking"
   if grade.truncated:
     return "truncated"
-  if any(not claim.holds for claim in find_arithmetic_claims(response_text)):
-    return "arithmetic"
-  return "other"
+  false = [c for c in find_arithmetic_claims(response_text) if not c.holds]
+  retracted = {(c.left, c.right) for c in false if _RETRACTED.match(response_text, c.end)}
+  if any((c.left, c.right) not in retracted for c in false):
+    return "computation"
+  if grade.extracted is None:
+    return "other"
+  if omitted_steps(response_text, reference_steps):
+    return "step omission"
+  return "logical"
