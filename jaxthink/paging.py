@@ -19,8 +19,8 @@ being slot utilisation: static batches of B run until their longest row ends, so
 E[max of B lengths] (`LengthDistribution.static_utilisation`); the engine refills freed slots, U
 measured (`ENGINE_UTILISATION`, a parameter). A step of B rows is priced by a roofline on each chip
 of the run's mesh: max(bytes read / HBM bandwidth, flops / peak bf16 flops), bytes = its weight
-shard + its rows' resident KV (the same mean resident tokens for both paths: this favours static
-batches, whose chunked attention reads every row up to the batch's highest position), so
+shard + its rows' resident KV (the same mean resident tokens for both paths, although a finished
+row of a static batch reads none: the ragged attention visits only active rows' chunks), so
 chip-hours = steps x step time x chips. Decode steps only: prefilling a prompt of a few hundred
 tokens is small next to 5-23K generated ones. A roofline is a lower bound for every path; between
 static batches and the engine at the same batch the ratio is the utilisation ratio. With a paged
@@ -43,7 +43,7 @@ from jaxthink.sizing import (GiB, STUDY_MODELS, Topology, _split, kv_bytes_per_t
 
 STUDY_CAP = 32768
 STUDY_MEAN_TOKENS = {"bf16": 5200, "w3a16": 23400}  # R1-Distill-Qwen-1.5B, MATH-500
-ENGINE_UTILISATION = 0.95  # slot utilisation of the request engine while requests wait
+ENGINE_UTILISATION = 0.937  # the engine's overall slot utilisation, benchmarks/reasoning_workload.py
 PROMPT_LEN = 512  # prompt slots a row holds (the bucket a study prompt pads to)
 PAGE_SIZE = 64  # tokens per page (as `jaxthink.models.pallas_attention` pages a cache)
 

@@ -189,3 +189,29 @@ def test_merged_float_export_matches_the_adapted_quantized_model(tmp_path):
   np.testing.assert_allclose(
       np.asarray(pretrained.model.apply({"params": float_merged}, tokens, positions, mask)[0]),
       np.asarray(float_logits), atol=2e-4)
+
+
+def test_adapters_on_zero_point_layers():
+  """Asymmetric (zero-point) GPTQ layers are served by plain JAX: zero adapters give its logits,
+  one training step moves the adapters, and the merged float export computes the adapted model."""
+  pretrained, _, _ = _models()
+  qmodel, qparams, _ = quantize(pretrained.config, pretrained.params,
+                                QuantSpec("w3a16", "rtn", group_size=64, symmetric=False))
+  assert "zq" in str(jax.tree_util.tree_structure(qparams))
+  tokens, mask = _batch(seed=5)
+  positions = positions_from_mask(mask)
+  reference, _ = qmodel.apply({"params": qparams}, tokens, positions, mask)
+  model = adapted(qmodel, SPEC, train=True)
+  adapters = init_adapters(qmodel.config, SPEC, seed=1)
+  logits, _ = model.apply({"params": with_adapters(qparams, adapters)}, tokens, positions, mask)
+  assert float(jnp.max(jnp.abs(logits - reference))) <= 1e-6
+  optimizer = TrainSpec(steps=10, warmup_steps=0, peak_lr=1e-2).optimizer()
+  adapters, _, _ = train_step(model, optimizer, adapters, optimizer.init(adapters), qparams,
+                              tokens, mask, mask)
+  assert float(jnp.abs(adapters["layers_1"]["mlp"]["up_proj"]["lora_b"]).max()) > 0
+  adapted_logits, _ = model.apply({"params": with_adapters(qparams, adapters)}, tokens,
+                                  positions, mask)
+  merged = merge_adapters(qparams, adapters, SPEC)
+  assert "zq" not in str(jax.tree_util.tree_structure(merged))
+  merged_logits, _ = pretrained.model.apply({"params": merged}, tokens, positions, mask)
+  np.testing.assert_allclose(np.asarray(merged_logits), np.asarray(adapted_logits), atol=2e-4)

@@ -70,22 +70,29 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
   """
   model, params = _model_and_params(policy)
   ref_model, ref_params = _model_and_params(reference)
+  params, ref_params = place_params(params, mesh), place_params(ref_params, mesh)
+  cache_dtype = jnp.dtype(cache_dtype or model.dtype)
   sequences = [list(p) + r.tokens[0].tolist() for p, r in zip(prompts, results)]
-  length = bucket_length(max(map(len, sequences)), chunk)
-  chunk = min(chunk, length)
-  batch = padded_batch_size(len(sequences), mesh)
-  tokens = np.full((batch, length), pad_id, np.int32)
-  totals = np.zeros(batch, np.int32)
+  # Sequences are scored in groups of one length bucket each, so a short response is not padded
+  # to the longest one's length (long-tailed lengths: most would be padding).
+  groups: dict[int, list[int]] = {}
   for i, seq in enumerate(sequences):
-    tokens[i, :len(seq)], totals[i] = seq, len(seq)
-  kl, ref_entropy, ref_log_prob = to_numpy(_score(
-      model, ref_model, kv_bits, jnp.dtype(cache_dtype or model.dtype), chunk,
-      place_params(params, mesh), place_params(ref_params, mesh), put_batch(tokens, mesh),
-      put_batch(totals, mesh)))
-  out = []
-  for i, (prompt, r) in enumerate(zip(prompts, results)):
-    # Token j of the response was predicted at position len(prompt) + j - 1.
-    at = slice(len(prompt) - 1, len(prompt) - 1 + r.tokens.shape[1])
-    out.append(dataclasses.replace(r, kl=kl[i:i + 1, at], ref_entropy=ref_entropy[i:i + 1, at],
-                                   ref_log_prob=ref_log_prob[i:i + 1, at]))
+    groups.setdefault(bucket_length(len(seq), chunk), []).append(i)
+  out = list(results)
+  for length, members in sorted(groups.items()):
+    batch = padded_batch_size(1 << (len(members) - 1).bit_length(), mesh)  # few programs
+    tokens = np.full((batch, length), pad_id, np.int32)
+    totals = np.zeros(batch, np.int32)
+    for row, i in enumerate(members):
+      tokens[row, :len(sequences[i])], totals[row] = sequences[i], len(sequences[i])
+    kl, ref_entropy, ref_log_prob = to_numpy(_score(
+        model, ref_model, kv_bits, cache_dtype, min(chunk, length), params, ref_params,
+        put_batch(tokens, mesh), put_batch(totals, mesh)))
+    for row, i in enumerate(members):
+      # Token j of the response was predicted at position len(prompt) + j - 1.
+      r = results[i]
+      at = slice(len(prompts[i]) - 1, len(prompts[i]) - 1 + r.tokens.shape[1])
+      out[i] = dataclasses.replace(r, kl=kl[row:row + 1, at],
+                                   ref_entropy=ref_entropy[row:row + 1, at],
+                                   ref_log_prob=ref_log_prob[row:row + 1, at])
   return out

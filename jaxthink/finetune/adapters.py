@@ -137,10 +137,14 @@ def _served_dot(base: Any, module: nn.Module, x: jax.Array, features: int) -> ja
   (the served product is unchanged bit for bit) and exactly `dy/dx = W^T` for weight-only schemes.
   With quantized activations (w8a8, w4a4) this is the straight-through estimate.
   """
+  params = module.variables.get("params", {})
+  if "aqt" not in params:  # float, or zero-point layers (plain JAX, differentiable as they are)
+    return base.dot(module, x, features)
+  if "flat" in params:
+    raise NotImplementedError("adapters on W4A4 / W8A8 layers with learned or Hadamard "
+                              "transforms are not supported; use method gptq / rtn / awq.")
   y = base.dot(module, jax.lax.stop_gradient(x), features)
-  if y is None:
-    return None
-  w = dequantize_frozen(module.variables["params"]["aqt"]["qrhs"])
+  w = dequantize_frozen(params["aqt"]["qrhs"])
   x32 = x.astype(jnp.float32)
   return y + jnp.dot(x32 - jax.lax.stop_gradient(x32), w).astype(y.dtype)
 
@@ -193,7 +197,10 @@ def merge_adapters(params: Any, adapters: Any, spec: AdapterSpec, dtype=jnp.floa
              for path in _paths(flat, ("kernel",))}
   for path, frozen in frozen_layers(flax.traverse_util.unflatten_dict(flat)).items():
     kernels[path] = dequantize_frozen(frozen)
-  flat = {k: v for k, v in flat.items() if "aqt" not in k}
+  if any("flat" in k for k in flat):
+    raise NotImplementedError("merging adapters into layers with W4A4 transforms is not "
+                              "supported (their kernels hold T^-1 W).")
+  flat = {k: v for k, v in flat.items() if "aqt" not in k and "zq" not in k}
   lora = flax.traverse_util.flatten_dict(flax.core.unfreeze(adapters))
   for path in _paths(lora, ("lora_a",)):
     a, b = (lora[tuple(path.split("/")) + (name,)] for name in ADAPTER_KEYS)
