@@ -174,6 +174,13 @@ def test_summarize_variant_by_hand():
                                     "step omission": 0, "logical": 0, "other": 0}
   assert summary.failure_share("overthinking") == pytest.approx(2 / 3)
   assert summary.markers_per_response == 3.5
+  assert summary.markers_per_1k_tokens == pytest.approx(1000 * 21 / 2100)
+  # Bootstrap intervals: problem-level accuracy means lie in [0, 1] in steps of 1/6; the CoT
+  # interval lies within the lengths seen and holds the mean.
+  low, high = summary.intervals["accuracy"]
+  assert 0 <= low <= summary.accuracy <= high <= 1 and (6 * low) % 1 == pytest.approx(0)
+  low, high = summary.intervals["mean_cot_tokens"]
+  assert 100 <= low < 350 < high <= 600
   assert summary.to_dict()["failure_shares"]["computation"] == pytest.approx(1 / 3)
 
 
@@ -200,8 +207,8 @@ def test_report_table_and_pngs(tmp_path):
   written = write_report(
     summaries, tmp_path, baseline="bf16", token_points={"w3": hexbin_points(buffers)}
   )
-  assert set(written) == {"report", "kl_entropy", "cot_hist", "bars"}
-  for name in ("kl_entropy", "cot_hist", "bars"):
+  assert set(written) == {"report", "kl_entropy", "cot_hist", "bars", "accuracy_cot"}
+  for name in ("kl_entropy", "cot_hist", "bars", "accuracy_cot"):
     assert written[name].read_bytes()[:8] == PNG_MAGIC
     image = matplotlib.image.imread(written[name])
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
@@ -250,6 +257,9 @@ def test_report_table_and_pngs(tmp_path):
     "1.000",
   ]
   assert "![KL vs entropy](kl_vs_entropy.png)" in report
+  interval_row = next(line for line in report.split("## Intervals")[1].splitlines()
+                      if line.startswith("| w3 |"))
+  assert "| 10.00 [" in interval_row and interval_row.endswith("| 2 of 6 |")
   # Per-variant baselines: w3 against itself has no change.
   write_report(summaries, tmp_path, baseline={"w3": "w3"})
   row = table_row((tmp_path / "report.md").read_text(), "w3")

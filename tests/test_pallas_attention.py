@@ -4,7 +4,6 @@ softmax attention computed in numpy and `chunked_attention` on the same cache, a
 lengths with GQA; a whole decode step of a model gives the chunked path's logits, and the request
 engine (and generation from a kv8 cache) its greedy tokens."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,15 +17,6 @@ from jaxthink.models.pallas_attention import (page_size_for, paged_decode_attent
                                               select_kernel)
 from hf_reference import make_hf_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_persistent_compilation_cache():
-  """Interpret-mode kernels compile to host callbacks, which XLA:CPU cannot serialize: writing
-  them to the persistent cache (turned on in-process by the eval command's tests) segfaults."""
-  enabled = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  yield
-  jax.config.update("jax_enable_compilation_cache", enabled)
 
 B, KV, G, D, SLOTS = 3, 2, 3, 32, 96  # 96 slots: pages of 32, three per row
 LENGTHS = [1, 45, 96]  # one key; mid-page, past two page boundaries; the full row

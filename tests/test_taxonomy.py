@@ -49,6 +49,18 @@ def test_priority_order():
   assert bucket("<think>\nHere 2 + 2 = 5 and then", "42", hit_max_tokens=True) == "truncated"
 
 
+def test_a_slip_taken_back_is_not_a_computation_error():
+  # Flagged in place, or restated right later ("= 44, not 43"), the slip is not kept: the wrong
+  # answer is then a logical error (every kept step is right).
+  for fix in ("11 * 4 = 43 is wrong. 11 * 4 = 44.",
+              "11 * 4 = 43. Wait, let me check: 40 + 4 = 44. So 11 * 4 = 44, not 43."):
+    text = f"<think>\nThe area is {fix} So the area is 44.\n</think>\n\\boxed{{44}}"
+    assert bucket(text, "21") == "logical", fix
+  # A restatement of another value, or of another left side, takes nothing back.
+  for kept in ("11 * 4 = 43. So 11 * 4 = 44, not 45.", "11 * 4 = 43. So 10 * 4 = 40, not 43."):
+    assert bucket(f"<think>\n{kept}\n</think>\n\\boxed{{43}}", "21") == "computation", kept
+
+
 # (text, [(claim text, holds)]) evaluated by hand.
 CLAIMS = [
   ("So 3 + 4 = 7.", [("3 + 4 = 7", True)]),

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from jaxthink.data.markers import load_markers
 from jaxthink.models.tokenizer import reasoning_prompt
-from jaxthink.tiny import (DIFFICULTIES, corpus_texts, generate_problems, train_tokenizer,
-                           write_jsonl)
+from jaxthink.tiny import (DIFFICULTIES, Reflection, corpus_texts, generate_problems, hardness,
+                           train_tokenizer, write_jsonl)
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 SOLUTION = re.compile(r"<think>\n(.+)\n</think>\n\nThe answer is \\boxed\{(\d+)\}\.", re.DOTALL)
@@ -157,6 +157,68 @@ def test_self_check_fraction_is_as_configured():
   assert all(parse_solution(x.solution)[1] == "none" for x in none)
   every = generate_problems("train", 200, seed=3, difficulty=3, check_fraction=1.0)
   assert all(parse_solution(x.solution)[1] != "none" for x in every)
+
+
+# --- reflective solutions -------------------------------------------------------------------
+
+@pytest.mark.parametrize("a,op,b,c,h", [
+    (12, "+", 3, 15, 0), (58, "+", 37, 95, 1),      # 8 + 7 carries
+    (95, "+", 17, 112, 3),                          # two carries, crossing a hundred
+    (112, "-", 17, 95, 3),                          # two borrows, crossing a hundred
+    (45, "-", 12, 33, 0), (47, "*", 4, 188, 3),     # two digits, 7 * 4 carries, three-digit result
+    (3, "*", 6, 18, 1), (2, "*", 4, 8, 0), (84, "/", 4, 21, 1), (120, "/", 3, 40, 2)])
+def test_hardness_by_hand(a, op, b, c, h):
+  assert hardness(a, op, b, c) == h
+
+
+def reflective_claims(solution):
+  """Every equation of a solution as (a, op, b, c, text after it)."""
+  return [(*(int(g) if g.isdigit() else g for g in m.groups()), solution[m.end():])
+          for m in EQUATION.finditer(solution)]
+
+
+def test_reflective_solutions_check_out():
+  """Every false equation is a slip the solution takes back ("= c, not w" for the same operands,
+  or "That gives N, not w" at the final re-check); the steps are the plain solution's, in order;
+  the boxed answer is right; re-checks are real computations (true equations)."""
+  examples = generate_problems("train", 400, seed=5, difficulty=2, reflection=Reflection())
+  n_slips = n_uncaught = n_checked = 0
+  for ex in examples:
+    body, boxed = SOLUTION.fullmatch(ex.solution).groups()
+    assert boxed == ex.answer and ex.check == "reflect", ex.id
+    claims = reflective_claims(body)
+    true = [c[:4] for c in claims if true_equation(*c[:4])]
+    assert is_subsequence(expected_steps(ex.start, ex.ops)[0], true), ex.solution
+    for a, op, b, c, after in claims:
+      if true_equation(a, op, b, c):
+        continue
+      n_slips += 1
+      right = next(t for t in true if t[:3] == (a, op, b))[3]
+      taken_back = (f"{a} {op} {b} = {right}, not {c}." in after
+                    or f"That gives {ex.answer}, not {c}. So the answer is {ex.answer}." in after)
+      assert taken_back, ex.solution
+      n_uncaught += "That gives" in after
+    n_checked += "Yes" in body
+  assert n_slips > 20 and 0 < n_uncaught < n_slips and n_checked > 40, (n_slips, n_uncaught,
+                                                                         n_checked)
+
+
+def test_reflection_rates_follow_hardness():
+  """At zero rates a solution is its steps alone; with every rate at its maximum each hard step
+  (hardness >= 1) is doubted and easy ones never are."""
+  none = Reflection(slip_per_hardness=0, check_per_hardness=0, recheck_per_hardness=0)
+  for ex in generate_problems("train", 100, seed=6, difficulty=2, reflection=none):
+    assert "Wait" not in ex.solution and "Yes" not in ex.solution, ex.solution
+    body = SOLUTION.fullmatch(ex.solution).group(1)
+    assert [c[:4] for c in reflective_claims(body)] == expected_steps(ex.start, ex.ops)[0]
+  always = Reflection(slip_per_hardness=0, check_per_hardness=1, max_check=1, chain=0,
+                      recheck_per_hardness=0)
+  for ex in generate_problems("train", 100, seed=6, difficulty=2, reflection=always):
+    steps = expected_steps(ex.start, ex.ops)[0]
+    body = SOLUTION.fullmatch(ex.solution).group(1)
+    assert body.count("Yes, ") == sum(hardness(*s) >= 1 for s in steps), ex.solution
+  with pytest.raises(ValueError, match="Reflection.chain"):
+    Reflection(chain=1.5)
 
 
 def test_bad_arguments_are_named():

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxthink.analysis.stats import TokenBuffers, TokenStats
+from jaxthink.analysis.stats import TokenBuffers, TokenStats, bootstrap_interval
 from jaxthink.grading.taxonomy import BUCKETS
 
 ROW_KEYS = ("problem_id", "correct", "n_tokens", "failure", "n_markers")
@@ -32,7 +32,11 @@ PLOT_FILES = {
   "kl_entropy": "kl_vs_entropy.png",
   "cot_hist": "cot_length_hist.png",
   "bars": "accuracy_overthinking.png",
+  "accuracy_cot": "accuracy_vs_cot.png",
 }
+# Quantities with a bootstrap 95% interval in the summary (problems resampled for accuracy,
+# responses for the others).
+INTERVALS = ("accuracy", "mean_cot_tokens", "markers_per_1k_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +47,9 @@ class VariantSummary:
   mean_cot_tokens: mean generated tokens per response; cot_tokens: each response's count.
   failure_counts: wrong responses per bucket (every bucket of BUCKETS present, summing to
       n_failures).
-  markers_per_response: mean marker occurrences in a response's thinking.
+  markers_per_response: mean marker occurrences in a response's thinking;
+      markers_per_1k_tokens: all of them per 1,000 generated tokens.
+  intervals: {quantity in INTERVALS: (low, high)}, percentile bootstrap 95% intervals.
   token_stats: the variant's token-level statistics (None when not recorded).
   """
 
@@ -56,6 +62,8 @@ class VariantSummary:
   n_failures: int
   failure_counts: dict[str, int]
   markers_per_response: float
+  markers_per_1k_tokens: float = float("nan")
+  intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
   token_stats: TokenStats | None = None
 
   def __post_init__(self):
@@ -117,16 +125,25 @@ def summarize_variant(
     by_problem.setdefault(str(row["problem_id"]), []).append(bool(row["correct"]))
   counts = {bucket: sum(row["failure"] == bucket for row in rows) for bucket in BUCKETS}
   cot = tuple(int(row["n_tokens"]) for row in rows)
+  markers = np.array([row["n_markers"] for row in rows], np.float64)
+  per_1k = lambda m, t, axis=None: 1000 * np.sum(m, axis) / np.sum(t, axis)
+  mean = lambda x, axis: np.mean(x, axis)
+  problem_accuracy = [np.mean(samples) for samples in by_problem.values()]
+  intervals = {"accuracy": bootstrap_interval(mean, problem_accuracy),
+               "mean_cot_tokens": bootstrap_interval(mean, cot),
+               "markers_per_1k_tokens": bootstrap_interval(per_1k, markers, cot)}
   return VariantSummary(
     name=name,
     n_problems=len(by_problem),
     n_responses=len(rows),
-    accuracy=float(np.mean([np.mean(samples) for samples in by_problem.values()])),
+    accuracy=float(np.mean(problem_accuracy)),
     mean_cot_tokens=float(np.mean(cot)),
     cot_tokens=cot,
     n_failures=sum(counts.values()),
     failure_counts=counts,
-    markers_per_response=float(np.mean([row["n_markers"] for row in rows])),
+    markers_per_response=float(np.mean(markers)),
+    markers_per_1k_tokens=float(per_1k(markers, cot)) if sum(cot) else float("nan"),
+    intervals=intervals,
     token_stats=token_stats,
   )
 
@@ -180,10 +197,7 @@ def comparison_table(summaries: Sequence[VariantSummary], baselines: Mapping[str
     "Mean CoT tokens",
     "Δ CoT (rel.)",
     "Failures",
-    "Overthinking",
-    "Truncated",
-    "Arithmetic",
-    "Other",
+    *(bucket.capitalize() for bucket in BUCKETS),
     "Markers / response",
     "Mean KL",
     "KL–entropy ρ (Spearman)",
@@ -208,6 +222,23 @@ def comparison_table(summaries: Sequence[VariantSummary], baselines: Mapping[str
       _fmt(stats.spearman_kl_entropy if stats else None, ".3f"),
     ]
     lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def interval_table(summaries: Sequence[VariantSummary]) -> str:
+  """Markdown table: accuracy, mean CoT tokens and marker rate with their 95% intervals."""
+  def cell(s: VariantSummary, key: str, spec: str, scale: float = 1.0) -> str:
+    low, high = s.intervals.get(key, (float("nan"), float("nan")))
+    value = {"accuracy": s.accuracy, "mean_cot_tokens": s.mean_cot_tokens,
+             "markers_per_1k_tokens": s.markers_per_1k_tokens}[key]
+    return (f"{_fmt(scale * value, spec)} [{_fmt(scale * low, spec)}, "
+            f"{_fmt(scale * high, spec)}]")
+  lines = ["| Variant | Accuracy (%) | Mean CoT tokens | Markers / 1K tokens | Overthinking errors |",
+           "|---|---|---|---|---|"]
+  for s in summaries:
+    lines.append(f"| {s.name} | {cell(s, 'accuracy', '.1f', 100)} | "
+                 f"{cell(s, 'mean_cot_tokens', '.1f')} | {cell(s, 'markers_per_1k_tokens', '.2f')} | "
+                 f"{s.failure_counts['overthinking']} of {s.n_responses} |")
   return "\n".join(lines)
 
 
@@ -304,6 +335,30 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
   fig.savefig(path, dpi=100)
 
 
+def plot_accuracy_vs_cot(summaries: Sequence[VariantSummary], baselines: Mapping[str, str],
+                         path: Path) -> None:
+  """Accuracy against mean CoT tokens, one point per variant with its 95% intervals; an arrow
+  joins each variant compared to another than the first (a penalised twin) to that one."""
+  fig = Figure(figsize=(7.5, 5), layout="constrained")
+  ax = fig.add_subplot()
+  by_name = {s.name: s for s in summaries}
+  first = summaries[0].name
+  for s in summaries:
+    (a_low, a_high), (c_low, c_high) = (s.intervals.get(k, (np.nan, np.nan))
+                                        for k in ("accuracy", "mean_cot_tokens"))
+    x, y = s.mean_cot_tokens, 100 * s.accuracy
+    ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]], yerr=[[y - 100 * a_low], [100 * a_high - y]],
+                fmt="o", capsize=3, alpha=0.8)
+    ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    base = by_name.get(baselines.get(s.name, first))
+    if base is not None and base.name not in (first, s.name):
+      ax.annotate("", xy=(x, y), xytext=(base.mean_cot_tokens, 100 * base.accuracy),
+                  arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5))
+  ax.set(xlabel="mean CoT tokens per response", ylabel="accuracy (pass@1, %)",
+         title="Accuracy vs CoT length (arrows: variant → its penalised / control twin)")
+  fig.savefig(path, dpi=100)
+
+
 def failure_examples(rows_by_variant: Mapping[str, Sequence[Mapping]], per_bucket: int = 2,
                      chars: int = 300) -> list[str]:
   """Markdown lines: for each variant and failure bucket, up to `per_bucket` wrong responses
@@ -357,16 +412,26 @@ def write_report(
   written["cot_hist"] = out_dir / PLOT_FILES["cot_hist"]
   plot_accuracy_and_failures(summaries, out_dir / PLOT_FILES["bars"])
   written["bars"] = out_dir / PLOT_FILES["bars"]
+  plot_accuracy_vs_cot(summaries, baselines, out_dir / PLOT_FILES["accuracy_cot"])
+  written["accuracy_cot"] = out_dir / PLOT_FILES["accuracy_cot"]
 
   parts = [
     f"# {title}",
     "",
     'Relative changes (Δ) are against the variant in "Compared to". Failure columns are shares of the wrong '
     "responses: overthinking (right answer reached in the thinking, then abandoned), "
-    "truncated (no final answer within the token budget), arithmetic (a false "
-    '"a op b = c"), other (logic and the rest).',
+    "truncated (no final answer within the token budget), computation (a false "
+    '"a op b = c"), step omission (a step the reference needs is missing), logical (every step '
+    "right, the answer wrong), other (no final answer).",
     "",
     comparison_table(summaries, baselines),
+    "",
+    "## Intervals",
+    "",
+    "Percentile bootstrap 95% intervals (2,000 resamples; problems resampled for accuracy, "
+    "responses for CoT length and marker rate).",
+    "",
+    interval_table(summaries),
     "",
   ]
   if (tokens := token_table(summaries)) is not None:
@@ -377,6 +442,8 @@ def write_report(
   else:
     parts.append("No KL vs entropy plot: no variant has token-level KL (reference off).")
   parts += [
+    "",
+    f"![Accuracy vs CoT length]({PLOT_FILES['accuracy_cot']})",
     "",
     f"![CoT length]({PLOT_FILES['cot_hist']})",
     "",

@@ -121,6 +121,20 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
   return float(scipy.stats.spearmanr(x, y).statistic)
 
 
+def bootstrap_interval(statistic, *samples: np.ndarray, confidence: float = 0.95,
+                       n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of `statistic(*samples)` (samples resampled together, paired by
+  index; `statistic` takes the arrays and an `axis`); (NaN, NaN) for fewer than 2 points."""
+  samples = [np.asarray(x, np.float64) for x in samples]
+  if samples[0].size < 2:
+    return float("nan"), float("nan")
+  result = scipy.stats.bootstrap(samples, statistic, paired=True, vectorized=True,
+                                 confidence_level=confidence, n_resamples=n_resamples,
+                                 method="percentile", rng=np.random.default_rng(seed))
+  low, high = result.confidence_interval
+  return float(low), float(high)
+
+
 def _mean(values: np.ndarray) -> float:
   return float(np.mean(values)) if values.size else float("nan")
 

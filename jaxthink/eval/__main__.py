@@ -13,7 +13,10 @@ from jaxthink.config import ConfigError, load_config
 from jaxthink.eval.config import EvalConfig
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, persistent_cache: bool = False) -> int:
+  """The command; `persistent_cache` (on from the command line) keeps compiled programs on disk
+  across runs. It is off for in-process callers: jax decides once per process whether the cache
+  is used, and host-callback programs (Pallas interpret mode) cannot be written to it."""
   parser = argparse.ArgumentParser(prog="python -m jaxthink.eval", description=(
       "Evaluate full-precision, quantized and penalised variants of a model on math benchmarks; "
       "writes results.jsonl, summary.json, report.md and plots to the config's output_dir. "
@@ -28,10 +31,10 @@ def main(argv=None) -> int:
   try:
     cfg = load_config(EvalConfig, args.config, args.overrides)
     cfg.check_files()
-    import jax  # noqa: PLC0415 (after the cheap checks)
-    # Compiled programs persist across runs (a resumed or repeated run skips compilation).
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "JAXTHINK_COMPILATION_CACHE", str(Path.home() / ".cache" / "jaxthink" / "xla")))
+    if persistent_cache:  # a resumed or repeated run skips compilation
+      import jax  # noqa: PLC0415 (after the cheap checks)
+      jax.config.update("jax_compilation_cache_dir", os.environ.get(
+          "JAXTHINK_COMPILATION_CACHE", str(Path.home() / ".cache" / "jaxthink" / "xla")))
     from jaxthink.eval.runner import evaluate  # noqa: PLC0415
     files = evaluate(cfg, repair=args.repair)
   except ConfigError as e:
@@ -44,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(persistent_cache=True))

@@ -6,7 +6,7 @@ plus the overthinking study's buckets:
 1. ``overthinking``: a correct answer appeared in the thinking and was abandoned;
 2. ``truncated``: no final answer within the token budget;
 3. ``computation``: some claim "a op b = c" in the response is false (exact arithmetic) and the
-   response never retracts it ("18 + 9 = 29 is wrong");
+   response never retracts it ("18 + 9 = 29 is wrong", or later "18 + 9 = 27, not 29");
 4. ``other``: no final answer found although the response ended (format; an LLM judge may label
    these);
 5. ``step omission``: the final answer is reached while a step the reference solution needs is
@@ -73,6 +73,8 @@ _CONVERSION_UNITS = re.compile(
 )
 # "12 + 3 = 14 is wrong": a slip the response flags itself is not a false claim it keeps.
 _RETRACTED = re.compile(r"\s*(?:is|was)\s+(?:wrong|incorrect|not right)\b", re.IGNORECASE)
+# "12 + 3 = 15, not 14": a later true claim on the same left side takes the slip back.
+_NOT_VALUE = re.compile(r",?\s+not\s+(\d[\d,]*(?:\.\d+)?)(?![\d,]*\s*[*/+-])")
 _SIMPLE_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?")
 
 
@@ -248,8 +250,11 @@ def failure_bucket(
     return "overthinking"
   if grade.truncated:
     return "truncated"
-  false = [c for c in find_arithmetic_claims(response_text) if not c.holds]
+  claims = find_arithmetic_claims(response_text)
+  false = [c for c in claims if not c.holds]
   retracted = {(c.left, c.right) for c in false if _RETRACTED.match(response_text, c.end)}
+  retracted |= {(c.left, Fraction(m.group(1).replace(",", ""))) for c in claims
+                if c.holds and (m := _NOT_VALUE.match(response_text, c.end))}
   if any((c.left, c.right) not in retracted for c in false):
     return "computation"
   if grade.extracted is None:

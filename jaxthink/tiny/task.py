@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxthink.tiny.reflection import Reflection, reflective_lines
+
 SPLITS = {"train": 0, "test": 1}
 # One computation in TEST_SHARE goes to the test split.
 TEST_SHARE = 5
@@ -69,7 +71,7 @@ class Op:
 class Example:
   """One problem. id/problem/answer/solution are the benchmark fields (as in
   jaxthink/data/benchmark_files); start/ops are the computation itself, and check says which
-  self-check the solution holds: "none", "confirm" or "fix"."""
+  self-check the solution holds: "none", "confirm" or "fix" ("reflect": a reflective solution)."""
   id: str
   problem: str
   answer: str
@@ -192,9 +194,33 @@ def _wrong(rng: np.random.Generator, right: int) -> int:
   return _pick(rng, options)
 
 
+def _checked_lines(rng: np.random.Generator, lines, check: str) -> list[str]:
+  """The thinking's lines with at most one self-check ("none", "confirm" or "fix")."""
+  checked = _pick(rng, [k for k, (_, eq) in enumerate(lines) if eq]) if check != "none" else -1
+  inline = rng.random() < 0.5  # " Wait" on the step's own line, or "Wait" opening the next
+  texts = []
+  for k, (text, eq) in enumerate(lines):
+    if eq is None:
+      texts.append(text)
+      continue
+    right = _eq(*eq)
+    if k != checked:
+      texts.append(text.format(eq=right))
+      continue
+    if check == "confirm":
+      shown, note = right, _weighted(rng, CONFIRM).format(eq=right)
+    else:
+      shown = _eq(*eq[:3], _wrong(rng, eq[3]))
+      note = _weighted(rng, FIX).format(bad=shown, eq=right)
+    texts += [f"{text.format(eq=shown)} {note}"] if inline else [text.format(eq=shown), note]
+  return texts
+
+
 def _render(rng: np.random.Generator, start: int, ops: tuple[Op, ...], d: Difficulty,
-            check: str, remark_fraction: float) -> tuple[str, str]:
-  """(problem, solution) for one computation."""
+            check: str, remark_fraction: float,
+            reflection: Reflection | None = None) -> tuple[str, str]:
+  """(problem, solution) for one computation; with `reflection`, the solution reflects as
+  `jaxthink.tiny.reflection` describes (and `check` is not used)."""
   i, j = rng.choice(len(PEOPLE), size=2, replace=False)
   (name, pronoun), other_name = PEOPLE[i], PEOPLE[j][0]
   i, j = rng.choice(len(ITEMS), size=2, replace=False)
@@ -237,27 +263,14 @@ def _render(rng: np.random.Generator, start: int, ops: tuple[Op, ...], d: Diffic
       lines.insert(first_line_of_op[after], (remark_t.format(**f), None))
   sentences.append(f"How many {item} does {name} have now?")
 
-  checked = _pick(rng, [k for k, (_, eq) in enumerate(lines) if eq]) if check != "none" else -1
-  inline = rng.random() < 0.5  # " Wait" on the step's own line, or "Wait" opening the next
-  texts = []
-  for k, (text, eq) in enumerate(lines):
-    if eq is None:
-      texts.append(text)
-      continue
-    right = _eq(*eq)
-    if k != checked:
-      texts.append(text.format(eq=right))
-      continue
-    if check == "confirm":
-      shown, note = right, _weighted(rng, CONFIRM).format(eq=right)
-    else:
-      shown = _eq(*eq[:3], _wrong(rng, eq[3]))
-      note = _weighted(rng, FIX).format(bad=shown, eq=right)
-    texts += [f"{text.format(eq=shown)} {note}"] if inline else [text.format(eq=shown), note]
-  texts[0] = f"{name} has {start} {item}. {texts[0]}"
   # A concluding sentence that states the answer inside the thinking, as reasoning models do:
   # the overthinking analysis sees it as an intermediate candidate answer.
-  texts.append(f"So {name} has {value} {item} now. So the answer is {value}.")
+  conclusion = lambda v: f"So {name} has {v} {item} now. So the answer is {v}."
+  if reflection is None:
+    texts = _checked_lines(rng, lines, check) + [conclusion(value)]
+  else:
+    texts = reflective_lines(rng, lines, conclusion, reflection)
+  texts[0] = f"{name} has {start} {item}. {texts[0]}"
   solution = ("<think>\n" + "\n".join(texts) + "\n</think>\n\n"
               + f"The answer is \\boxed{{{value}}}.")
   return " ".join(sentences), solution
@@ -265,13 +278,16 @@ def _render(rng: np.random.Generator, start: int, ops: tuple[Op, ...], d: Diffic
 
 def generate_problems(split: str, n: int, seed: int, difficulty: int, *,
                       check_fraction: float = 0.3, fix_fraction: float = 0.5,
-                      remark_fraction: float = 0.3) -> list[Example]:
+                      remark_fraction: float = 0.3,
+                      reflection: Reflection | None = None) -> list[Example]:
   """`n` distinct problems of `split` ("train" or "test"), reproducible from `seed`.
 
   `difficulty` (1–5, see DIFFICULTIES) sets the number of operations and the size of numbers.
   A share `check_fraction` of solutions holds one self-check, of which a share `fix_fraction`
   catches a deliberately wrong step (the others confirm a right one); a share `remark_fraction`
-  of distractors gets a remark in the solution. The first k problems don't depend on n.
+  of distractors gets a remark in the solution. With `reflection`, solutions instead hesitate,
+  re-check and re-derive as `jaxthink.tiny.reflection` describes (`check` is then "reflect").
+  The first k problems don't depend on n.
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
@@ -291,10 +307,10 @@ def generate_problems(split: str, n: int, seed: int, difficulty: int, *,
     start, ops = _computation(rng, d)
     if _split_of(start, ops) != split:
       continue
-    check = "none"
-    if rng.random() < check_fraction:
+    check = "none" if reflection is None else "reflect"
+    if reflection is None and rng.random() < check_fraction:
       check = "fix" if rng.random() < fix_fraction else "confirm"
-    problem, solution = _render(rng, start, ops, d, check, remark_fraction)
+    problem, solution = _render(rng, start, ops, d, check, remark_fraction, reflection)
     if problem in seen:
       continue
     seen.add(problem)

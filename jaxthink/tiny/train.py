@@ -25,6 +25,7 @@ from tqdm import tqdm
 from jaxthink.eval.config import EMBEDDED_DATA_DIR as DATA_DIR, EMBEDDED_MODEL_DIR as MODEL_DIR
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
+from jaxthink.tiny.reflection import Reflection
 from jaxthink.tiny.task import generate_problems, write_jsonl
 from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
 
@@ -32,17 +33,18 @@ from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   seed: int = 0
-  difficulty: int = 1
-  train_problems: int = 20000
+  difficulty: int = 2
+  reflective: bool = True  # solutions hesitate and re-check (jaxthink.tiny.reflection)
+  train_problems: int = 40000
   vocab_size: int = 1024
-  hidden_size: int = 192
-  intermediate_size: int = 512
-  num_layers: int = 3
-  num_heads: int = 6
+  hidden_size: int = 256
+  intermediate_size: int = 768
+  num_layers: int = 4
+  num_heads: int = 8
   num_kv_heads: int = 2
-  max_len: int = 256
+  max_len: int = 384
   batch_size: int = 16
-  steps: int = 2000
+  steps: int = 3000
   test_problems: int = 200
   calibration_problems: int = 400
   peak_lr: float = 3e-3
@@ -112,8 +114,14 @@ def train_step(model, optimizer, params, opt_state, tokens, loss_mask):
   return optax.apply_updates(params, updates), opt_state, loss
 
 
+def train_problems(cfg: TrainConfig, n: int):
+  """The first `n` problems of the train split, with solutions as the model learns them."""
+  return generate_problems("train", n, cfg.seed, cfg.difficulty,
+                           reflection=Reflection() if cfg.reflective else None)
+
+
 def train(cfg: TrainConfig, out_dir: Path) -> dict:
-  examples = generate_problems("train", cfg.train_problems, cfg.seed, cfg.difficulty)
+  examples = train_problems(cfg, cfg.train_problems)
   out_dir.mkdir(parents=True, exist_ok=True)
   tokenizer = train_tokenizer(corpus_texts(examples), cfg.vocab_size, out_dir)
   tokens, loss_mask = encode(tokenizer, examples, cfg.max_len)
@@ -145,13 +153,14 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 def write_task_data(cfg: TrainConfig, data_dir: Path) -> None:
-  """The held-out test split as the `tiny` benchmark (`<data_dir>/tiny/test.jsonl`), and
-  calibration text from the train split (`<data_dir>/calibration.jsonl`, field `text`), whose
-  problems come after the ones trained on."""
+  """The held-out test split as the `tiny` benchmark (`<data_dir>/tiny/test.jsonl`, with plain
+  reference solutions: the steps a solution needs, no reflection), and calibration text from the
+  train split (`<data_dir>/calibration.jsonl`, field `text`), whose problems come after the ones
+  trained on."""
   write_jsonl(data_dir / "tiny" / "test.jsonl",
-              generate_problems("test", cfg.test_problems, cfg.seed, cfg.difficulty))
-  extra = generate_problems("train", cfg.train_problems + cfg.calibration_problems, cfg.seed,
-                            cfg.difficulty)[cfg.train_problems:]
+              generate_problems("test", cfg.test_problems, cfg.seed, cfg.difficulty,
+                                check_fraction=0.0))
+  extra = train_problems(cfg, cfg.train_problems + cfg.calibration_problems)[cfg.train_problems:]
   with (data_dir / "calibration.jsonl").open("w", encoding="utf-8") as f:
     for ex in extra:
       f.write(json.dumps({"text": f"{ex.problem}\n{ex.solution}"}) + "\n")
@@ -162,8 +171,11 @@ def main():
   parser.add_argument("--out", type=Path, default=MODEL_DIR)
   parser.add_argument("--data-out", type=Path, default=DATA_DIR)
   for field in dataclasses.fields(TrainConfig):
-    parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
-                        default=field.default)
+    flag = f"--{field.name.replace('_', '-')}"
+    if isinstance(field.default, bool):
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+    else:
+      parser.add_argument(flag, type=type(field.default), default=field.default)
   args = parser.parse_args()
   cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
   write_task_data(cfg, args.data_out)
