@@ -33,10 +33,10 @@ from jaxthink.grading.taxonomy import BUCKETS
 from jaxthink.models import load_pretrained, reasoning_prompt
 from jaxthink.quant import QuantSpec, quantize
 from jaxthink.tiny.task import generate_problems
-from jaxthink.tiny.train import TrainConfig
+from jaxthink.tiny.train import PRESETS
 
 MAX_NEW_TOKENS = 320  # as configs/demo.yaml
-TINY = TrainConfig()  # how the embedded model was trained (its train problems come first)
+TINY = PRESETS["embedded"]  # how the embedded model was trained (its train problems come first)
 
 
 def held_out(split: str, n: int):

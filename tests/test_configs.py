@@ -20,7 +20,7 @@ import yaml
 from jaxthink import sizing
 from jaxthink.config import load_config, read_yaml
 from jaxthink.data.benchmarks import PACKAGE_DATA_DIR
-from jaxthink.eval.config import EvalConfig, Variant
+from jaxthink.eval.config import COMMITTED, EvalConfig, Variant
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
 from jaxthink.finetune.__main__ import FinetuneConfig
 from jaxthink.quantize import QuantizeConfig
@@ -130,7 +130,7 @@ def test_runnable_config_loads_and_validates(path, monkeypatch):
   for v in cfg.variants:
     if v.quant is not None:  # group sizes divide every quantized layer's input width
       v.quant.check_fits(config)
-  if cfg.model.path == "embedded":  # the demo reads only committed files: they must all exist
+  if cfg.model.path in COMMITTED:  # the demos read only committed files: they must all exist
     cfg.check_files()
 
 

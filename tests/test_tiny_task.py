@@ -206,13 +206,14 @@ def test_reflective_solutions_check_out():
 def test_reflection_rates_follow_hardness():
   """At zero rates a solution is its steps alone; with every rate at its maximum each hard step
   (hardness >= 1) is doubted and easy ones never are."""
-  none = Reflection(slip_per_hardness=0, check_per_hardness=0, recheck_per_hardness=0)
+  none = Reflection(slip_per_hardness=0, check_base=0, check_per_hardness=0,
+                    recheck_per_hardness=0)
   for ex in generate_problems("train", 100, seed=6, difficulty=2, reflection=none):
     assert "Wait" not in ex.solution and "Yes" not in ex.solution, ex.solution
     body = SOLUTION.fullmatch(ex.solution).group(1)
     assert [c[:4] for c in reflective_claims(body)] == expected_steps(ex.start, ex.ops)[0]
-  always = Reflection(slip_per_hardness=0, check_per_hardness=1, max_check=1, chain=0,
-                      recheck_per_hardness=0)
+  always = Reflection(slip_per_hardness=0, check_base=0, check_per_hardness=1, max_check=1,
+                      chain=0, recheck_per_hardness=0)
   for ex in generate_problems("train", 100, seed=6, difficulty=2, reflection=always):
     steps = expected_steps(ex.start, ex.ops)[0]
     body = SOLUTION.fullmatch(ex.solution).group(1)

@@ -26,19 +26,28 @@ EMBEDDED = "embedded"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL_DIR = PACKAGE_DIR / "tiny" / "model"
 EMBEDDED_DATA_DIR = PACKAGE_DIR / "tiny" / "data"
+# The committed models by keyword, each a (model directory, task data directory): `embedded`, the
+# small model the tests use; `organism`, the demo's model organism of reflection.
+ORGANISM = "organism"
+COMMITTED = {EMBEDDED: (EMBEDDED_MODEL_DIR, EMBEDDED_DATA_DIR),
+             ORGANISM: (PACKAGE_DIR / "tiny" / "organism" / "model",
+                        PACKAGE_DIR / "tiny" / "organism" / "data")}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """`path`: a local HF model directory, or `embedded` for the committed tiny model.
-  `dtype`: parameter and compute dtype of the full-precision model."""
+  """`path`: a local HF model directory, or a committed model: `embedded` (the small tiny model)
+  or `organism` (the demo's reflective model organism). `dtype`: parameter and compute dtype of
+  the full-precision model."""
 
-  path: str = path_field(EMBEDDED, keywords=(EMBEDDED,))
+  path: str = path_field(EMBEDDED, keywords=tuple(COMMITTED))
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
 
   @property
   def directory(self) -> Path:
-    return EMBEDDED_MODEL_DIR if self.path == EMBEDDED else Path(self.path).expanduser()
+    if self.path in COMMITTED:
+      return COMMITTED[self.path][0]
+    return Path(self.path).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +141,8 @@ class PromptSpec:
 class EvalConfig:
   """One evaluation run.
 
-  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded` for the tiny task's data);
+  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded` / `organism`: the task data of
+    that committed model);
     None reads the copy shipped with jaxthink (benchmarks it does not ship are downloaded).
   limit: the first `limit` problems of each benchmark (None: all).
   batch_size: decode slots of the request engine (`jaxthink.decode.Engine`): a variant's
@@ -151,7 +161,7 @@ class EvalConfig:
   model: ModelSpec
   variants: tuple[Variant, ...]
   benchmarks: tuple[str, ...] = ("math500",)
-  data_dir: str | None = path_field(None, keywords=(EMBEDDED,))
+  data_dir: str | None = path_field(None, keywords=tuple(COMMITTED))
   limit: int | None = None
   prompt: PromptSpec = PromptSpec()
   sampling: SamplingSpec = SamplingSpec()
@@ -186,7 +196,9 @@ class EvalConfig:
   def data_directory(self) -> Path | None:
     if self.data_dir is None:
       return None
-    return EMBEDDED_DATA_DIR if self.data_dir == EMBEDDED else Path(self.data_dir).expanduser()
+    if self.data_dir in COMMITTED:
+      return COMMITTED[self.data_dir][1]
+    return Path(self.data_dir).expanduser()
 
   def quant_spec(self, variant: Variant) -> QuantSpec | None:
     """The variant's on-the-fly recipe; GSM8K calibration reads the run's data_dir unless the

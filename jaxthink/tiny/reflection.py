@@ -13,7 +13,8 @@ factor. On a step of hardness h the solution
   or 10) and, at once, "Wait, let me check: <the step another way>. So a op b = c, not w." — or,
   when the slip is the last step and it is not caught there (1 − caught_at_step), the wrong
   candidate answer stands until the final re-check finds it;
-- otherwise *doubts* the right result with probability min(max_check, check_per_hardness · h):
+- otherwise *doubts* the right result with probability
+  min(max_check, check_base + check_per_hardness · h):
   "Wait, let me check: <another way>. Yes, a op b = c.", sometimes chained ("Alternatively, ...");
 - after the candidate answer ("So the answer is N."), re-derives the whole computation with
   probability min(max_recheck, recheck_per_hardness · Σh) (always after an uncaught slip) and
@@ -41,14 +42,15 @@ RECHECK_OPENERS = (("Wait, let me recompute:", 0.6), ("Hmm, let me go over it ag
 @dataclasses.dataclass(frozen=True)
 class Reflection:
   """Rates of the reflective behaviour (see the module docstring); h is a step's hardness."""
-  slip_per_hardness: float = 0.06
-  max_slip: float = 0.25
+  slip_per_hardness: float = 0.05
+  max_slip: float = 0.2
   caught_at_step: float = 0.6
-  check_per_hardness: float = 0.12
-  max_check: float = 0.5
-  chain: float = 0.3
-  recheck_per_hardness: float = 0.05
-  max_recheck: float = 0.5
+  check_base: float = 0.05
+  check_per_hardness: float = 0.25
+  max_check: float = 0.6
+  chain: float = 0.4
+  recheck_per_hardness: float = 0.1
+  max_recheck: float = 0.6
 
   def __post_init__(self):
     for field in dataclasses.fields(self):
@@ -139,8 +141,8 @@ def reflective_lines(rng: np.random.Generator, lines: Sequence[tuple[str, Equati
       route = ", ".join(check_route(*eq))
       note = f"{_weighted(rng, CHECK_OPENERS)} {route}. So {right}, not {wrong}."
       shown = _eq(*eq[:3], wrong)
-    elif u < min(cfg.max_slip, cfg.slip_per_hardness * h) + min(cfg.max_check,
-                                                                cfg.check_per_hardness * h):
+    elif u < min(cfg.max_slip, cfg.slip_per_hardness * h) + min(
+        cfg.max_check, cfg.check_base + cfg.check_per_hardness * h):
       note = f"{_weighted(rng, CHECK_OPENERS)} {', '.join(check_route(*eq))}. Yes, {right}."
       alternative = alternative_route(*eq)
       if rng.random() < cfg.chain and alternative != check_route(*eq):

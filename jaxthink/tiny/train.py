@@ -1,6 +1,9 @@
-"""Trains the embedded tiny reasoning model from scratch on the synthetic task, on CPU.
+"""Trains a committed tiny reasoning model from scratch on the synthetic task, on CPU.
 
-  python -m jaxthink.tiny.train --out jaxthink/tiny/model
+  python -m jaxthink.tiny.train                     # the demo's model organism (PRESETS)
+  python -m jaxthink.tiny.train --preset embedded   # the small model the tests use
+
+Every TrainConfig field is also a flag (`--steps 500`), overriding the preset.
 
 Reproducible from `--seed`: the same data, tokenizer, initialisation and batch order. The result is
 an ordinary HF directory (config.json, model.safetensors, tokenizer files) written by the
@@ -22,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxthink.eval.config import EMBEDDED_DATA_DIR as DATA_DIR, EMBEDDED_MODEL_DIR as MODEL_DIR
+from jaxthink.eval.config import COMMITTED
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.tiny.reflection import Reflection
@@ -50,6 +53,16 @@ class TrainConfig:
   peak_lr: float = 3e-3
   warmup_steps: int = 150
   weight_decay: float = 0.01
+
+
+# The committed models (written to COMMITTED[name]): `organism`, the defaults (difficulty 2,
+# reflective solutions); `embedded`, the small first model (difficulty 1, one self-check at most).
+PRESETS = {
+    "organism": TrainConfig(),
+    "embedded": TrainConfig(difficulty=1, reflective=False, train_problems=20000, hidden_size=192,
+                            intermediate_size=512, num_layers=3, num_heads=6, max_len=256,
+                            steps=2000),
+}
 
 
 def encode(tokenizer, examples, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +166,13 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 def write_task_data(cfg: TrainConfig, data_dir: Path) -> None:
-  """The held-out test split as the `tiny` benchmark (`<data_dir>/tiny/test.jsonl`, with plain
-  reference solutions: the steps a solution needs, no reflection), and calibration text from the
-  train split (`<data_dir>/calibration.jsonl`, field `text`), whose problems come after the ones
-  trained on."""
+  """The held-out test split as the `tiny` benchmark (`<data_dir>/tiny/test.jsonl`; for a
+  reflective model, plain reference solutions: the steps a solution needs), and calibration text
+  from the train split (`<data_dir>/calibration.jsonl`, field `text`), whose problems come after
+  the ones trained on."""
   write_jsonl(data_dir / "tiny" / "test.jsonl",
               generate_problems("test", cfg.test_problems, cfg.seed, cfg.difficulty,
-                                check_fraction=0.0))
+                                check_fraction=0.0 if cfg.reflective else 0.3))
   extra = train_problems(cfg, cfg.train_problems + cfg.calibration_problems)[cfg.train_problems:]
   with (data_dir / "calibration.jsonl").open("w", encoding="utf-8") as f:
     for ex in extra:
@@ -168,20 +181,24 @@ def write_task_data(cfg: TrainConfig, data_dir: Path) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", type=Path, default=MODEL_DIR)
-  parser.add_argument("--data-out", type=Path, default=DATA_DIR)
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="organism")
+  parser.add_argument("--out", type=Path, help="model directory (default: the preset's)")
+  parser.add_argument("--data-out", type=Path, help="task data directory (default: the preset's)")
   for field in dataclasses.fields(TrainConfig):
     flag = f"--{field.name.replace('_', '-')}"
     if isinstance(field.default, bool):
-      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction)
     else:
-      parser.add_argument(flag, type=type(field.default), default=field.default)
+      parser.add_argument(flag, type=type(field.default))
   args = parser.parse_args()
-  cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-  write_task_data(cfg, args.data_out)
-  log = train(cfg, args.out)
+  cfg = dataclasses.replace(PRESETS[args.preset], **{
+      f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+      if getattr(args, f.name) is not None})
+  model_dir, data_dir = COMMITTED[args.preset]
+  write_task_data(cfg, args.data_out or data_dir)
+  log = train(cfg, args.out or model_dir)
   print(f"trained {log['num_params'] / 1e6:.2f}M parameters in {log['seconds']:.0f} s, "
-        f"final loss {log['losses'][-1][1]:.4f}; wrote {args.out}")
+        f"final loss {log['losses'][-1][1]:.4f}; wrote {args.out or model_dir}")
 
 
 if __name__ == "__main__":
