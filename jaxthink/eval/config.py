@@ -26,19 +26,14 @@ EMBEDDED = "embedded"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL_DIR = PACKAGE_DIR / "tiny" / "model"
 EMBEDDED_DATA_DIR = PACKAGE_DIR / "tiny" / "data"
-# The committed models by keyword, each a (model directory, task data directory): `embedded`, the
-# small model the tests use; `organism`, the demo's model organism of reflection.
-ORGANISM = "organism"
-COMMITTED = {EMBEDDED: (EMBEDDED_MODEL_DIR, EMBEDDED_DATA_DIR),
-             ORGANISM: (PACKAGE_DIR / "tiny" / "organism" / "model",
-                        PACKAGE_DIR / "tiny" / "organism" / "data")}
+# The committed models by keyword, each a (model directory, task data directory).
+COMMITTED = {EMBEDDED: (EMBEDDED_MODEL_DIR, EMBEDDED_DATA_DIR)}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """`path`: a local HF model directory, or a committed model: `embedded` (the small tiny model)
-  or `organism` (the demo's reflective model organism). `dtype`: parameter and compute dtype of
-  the full-precision model."""
+  """`path`: a local HF model directory, or a committed model (`embedded`: the tiny model).
+  `dtype`: parameter and compute dtype of the full-precision model."""
 
   path: str = path_field(EMBEDDED, keywords=tuple(COMMITTED))
   dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -141,8 +136,8 @@ class PromptSpec:
 class EvalConfig:
   """One evaluation run.
 
-  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded` / `organism`: the task data of
-    that committed model);
+  data_dir: a folder holding `<benchmark>/test.jsonl` (`embedded`: the committed tiny model's task
+    data);
     None reads the copy shipped with jaxthink (benchmarks it does not ship are downloaded).
   limit: the first `limit` problems of each benchmark (None: all).
   batch_size: decode slots of the request engine (`jaxthink.decode.Engine`): a variant's

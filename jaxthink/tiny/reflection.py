@@ -1,4 +1,4 @@
-"""Reflective worked solutions: the embedded model organism's hesitation, re-checks and re-derivations.
+"""Reflective worked solutions: a model organism's hesitation, re-checks and re-derivations.
 
 Real R1-distilled models hesitate ("Wait", "Hmm", "Alternatively") where a step is hard, re-derive
 it another way, and sometimes change an answer they already had. This module writes the tiny

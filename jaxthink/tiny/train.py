@@ -1,7 +1,7 @@
 """Trains a committed tiny reasoning model from scratch on the synthetic task, on CPU.
 
-  python -m jaxthink.tiny.train                     # the demo's model organism (PRESETS)
-  python -m jaxthink.tiny.train --preset embedded   # the small model the tests use
+  python -m jaxthink.tiny.train --preset embedded   # the committed tiny model
+  python -m jaxthink.tiny.train                     # the model organism of reflection
 
 Every TrainConfig field is also a flag (`--steps 500`), overriding the preset.
 
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxthink.eval.config import COMMITTED
+from jaxthink.eval.config import COMMITTED, PACKAGE_DIR
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.tiny.reflection import Reflection
@@ -55,14 +55,19 @@ class TrainConfig:
   weight_decay: float = 0.01
 
 
-# The committed models (written to COMMITTED[name]): `organism`, the defaults (difficulty 2,
-# reflective solutions); `embedded`, the small first model (difficulty 1, one self-check at most).
+# `embedded`: the committed small model (difficulty 1, one self-check at most); `organism`: the
+# defaults, a model organism of reflection (difficulty 2, reflective solutions; not committed yet).
 PRESETS = {
     "organism": TrainConfig(),
     "embedded": TrainConfig(difficulty=1, reflective=False, train_problems=20000, hidden_size=192,
                             intermediate_size=512, num_layers=3, num_heads=6, max_len=256,
                             steps=2000),
 }
+
+
+OUTPUT_DIRS = {"embedded": COMMITTED["embedded"],
+               "organism": (PACKAGE_DIR / "tiny" / "organism" / "model",
+                            PACKAGE_DIR / "tiny" / "organism" / "data")}
 
 
 def encode(tokenizer, examples, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +199,7 @@ def main():
   cfg = dataclasses.replace(PRESETS[args.preset], **{
       f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
       if getattr(args, f.name) is not None})
-  model_dir, data_dir = COMMITTED[args.preset]
+  model_dir, data_dir = OUTPUT_DIRS[args.preset]
   write_task_data(cfg, args.data_out or data_dir)
   log = train(cfg, args.out or model_dir)
   print(f"trained {log['num_params'] / 1e6:.2f}M parameters in {log['seconds']:.0f} s, "
