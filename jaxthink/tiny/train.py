@@ -63,8 +63,6 @@ PRESETS = {
                             intermediate_size=512, num_layers=3, num_heads=6, max_len=256,
                             steps=2000),
 }
-
-
 OUTPUT_DIRS = {"embedded": COMMITTED["embedded"],
                "organism": (PACKAGE_DIR / "tiny" / "organism" / "model",
                             PACKAGE_DIR / "tiny" / "organism" / "data")}
