@@ -34,9 +34,6 @@ PLOT_FILES = {
   "bars": "accuracy_overthinking.png",
   "accuracy_cot": "accuracy_vs_cot.png",
 }
-# Quantities with a bootstrap 95% interval in the summary (problems resampled for accuracy,
-# responses for the others).
-INTERVALS = ("accuracy", "mean_cot_tokens", "markers_per_1k_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +46,8 @@ class VariantSummary:
       n_failures).
   markers_per_response: mean marker occurrences in a response's thinking;
       markers_per_1k_tokens: all of them per 1,000 generated tokens.
-  intervals: {quantity in INTERVALS: (low, high)}, percentile bootstrap 95% intervals.
+  intervals: {"accuracy" | "mean_cot_tokens" | "markers_per_1k_tokens": (low, high)}, percentile
+      bootstrap 95% intervals (problems resampled for accuracy, responses for the others).
   token_stats: the variant's token-level statistics (None when not recorded).
   """
 
@@ -233,11 +231,12 @@ def interval_table(summaries: Sequence[VariantSummary]) -> str:
              "markers_per_1k_tokens": s.markers_per_1k_tokens}[key]
     return (f"{_fmt(scale * value, spec)} [{_fmt(scale * low, spec)}, "
             f"{_fmt(scale * high, spec)}]")
-  lines = ["| Variant | Accuracy (%) | Mean CoT tokens | Markers / 1K tokens | Overthinking errors |",
-           "|---|---|---|---|---|"]
+  lines = ["| Variant | Accuracy (%) | Mean CoT tokens | Markers / 1K tokens | "
+           "Overthinking errors |", "|---|---|---|---|---|"]
   for s in summaries:
     lines.append(f"| {s.name} | {cell(s, 'accuracy', '.1f', 100)} | "
-                 f"{cell(s, 'mean_cot_tokens', '.1f')} | {cell(s, 'markers_per_1k_tokens', '.2f')} | "
+                 f"{cell(s, 'mean_cot_tokens', '.1f')} | "
+                 f"{cell(s, 'markers_per_1k_tokens', '.2f')} | "
                  f"{s.failure_counts['overthinking']} of {s.n_responses} |")
   return "\n".join(lines)
 
@@ -347,8 +346,8 @@ def plot_accuracy_vs_cot(summaries: Sequence[VariantSummary], baselines: Mapping
     (a_low, a_high), (c_low, c_high) = (s.intervals.get(k, (np.nan, np.nan))
                                         for k in ("accuracy", "mean_cot_tokens"))
     x, y = s.mean_cot_tokens, 100 * s.accuracy
-    ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]], yerr=[[y - 100 * a_low], [100 * a_high - y]],
-                fmt="o", capsize=3, alpha=0.8)
+    ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]],
+                yerr=[[y - 100 * a_low], [100 * a_high - y]], fmt="o", capsize=3, alpha=0.8)
     ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     base = by_name.get(baselines.get(s.name, first))
     if base is not None and base.name not in (first, s.name):

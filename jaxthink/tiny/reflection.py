@@ -87,7 +87,7 @@ def hardness(a: int, op: str, b: int, c: int) -> int:
   raise ValueError(f"unknown operation {op!r}")
 
 
-def _eq(a: int, op: str, b: int, c: int) -> str:
+def equation_text(a: int, op: str, b: int, c: int) -> str:
   return f"{a} {op} {b} = {c}"
 
 
@@ -95,26 +95,28 @@ def check_route(a: int, op: str, b: int, c: int) -> list[str]:
   """The step computed another way (every equation true)."""
   if op == "+" and b >= 10 and b % 10:
     tens = a + b - b % 10
-    return [_eq(a, "+", b - b % 10, tens), _eq(tens, "+", b % 10, c)]
+    return [equation_text(a, "+", b - b % 10, tens), equation_text(tens, "+", b % 10, c)]
   if op == "*" and a >= 10 and a % 10:
     x, y = (a - a % 10) * b, (a % 10) * b
-    return [_eq(a - a % 10, "*", b, x), _eq(a % 10, "*", b, y), _eq(x, "+", y, c)]
+    return [equation_text(a - a % 10, "*", b, x), equation_text(a % 10, "*", b, y),
+            equation_text(x, "+", y, c)]
   return alternative_route(a, op, b, c)
 
 
 def alternative_route(a: int, op: str, b: int, c: int) -> list[str]:
   """The step undone: the inverse operation gives back an operand."""
   inverse = {"+": (c, "-", b, a), "-": (c, "+", b, a), "*": (c, "/", b, a), "/": (c, "*", b, a)}
-  return [_eq(*inverse[op])]
+  return [equation_text(*inverse[op])]
 
 
 def near_miss(rng: np.random.Generator, right: int) -> int:
-  """A plausible slip: off by 1, 2 or 10 (a dropped carry), never right, never negative."""
-  options = [right + s for s in (-10, -2, -1, 1, 2, 10) if right + s >= 0]
+  """A plausible slip: off by 1, 2 or 10 (a dropped carry), never right, never outside [0, 999]."""
+  options = [right + s for s in (-10, -2, -1, 1, 2, 10) if 0 <= right + s < 1000]
   return options[int(rng.integers(len(options)))]
 
 
-def _weighted(rng: np.random.Generator, options: Sequence[tuple[str, float]]) -> str:
+def weighted_choice(rng: np.random.Generator, options: Sequence[tuple[str, float]]) -> str:
+  """One of the (text, weight) options, drawn by weight."""
   weights = np.array([w for _, w in options])
   return options[int(rng.choice(len(options), p=weights / weights.sum()))][0]
 
@@ -130,22 +132,22 @@ def reflective_lines(rng: np.random.Generator, lines: Sequence[tuple[str, Equati
     if eq is None:
       texts.append(text)
       continue
-    h, right = hardness(*eq), _eq(*eq)
+    h, right, route = hardness(*eq), equation_text(*eq), check_route(*eq)
+    p_slip = min(cfg.max_slip, cfg.slip_per_hardness * h)
     u = rng.random()
-    if u < min(cfg.max_slip, cfg.slip_per_hardness * h):
+    if u < p_slip:
       wrong = near_miss(rng, eq[3])
       if k == last and rng.random() >= cfg.caught_at_step:
         uncaught = wrong
-        texts.append(text.format(eq=_eq(*eq[:3], wrong)))
+        texts.append(text.format(eq=equation_text(*eq[:3], wrong)))
         continue
-      route = ", ".join(check_route(*eq))
-      note = f"{_weighted(rng, CHECK_OPENERS)} {route}. So {right}, not {wrong}."
-      shown = _eq(*eq[:3], wrong)
-    elif u < min(cfg.max_slip, cfg.slip_per_hardness * h) + min(
-        cfg.max_check, cfg.check_base + cfg.check_per_hardness * h):
-      note = f"{_weighted(rng, CHECK_OPENERS)} {', '.join(check_route(*eq))}. Yes, {right}."
+      note = (f"{weighted_choice(rng, CHECK_OPENERS)} {', '.join(route)}. "
+              f"So {right}, not {wrong}.")
+      shown = equation_text(*eq[:3], wrong)
+    elif u < p_slip + min(cfg.max_check, cfg.check_base + cfg.check_per_hardness * h):
+      note = f"{weighted_choice(rng, CHECK_OPENERS)} {', '.join(route)}. Yes, {right}."
       alternative = alternative_route(*eq)
-      if rng.random() < cfg.chain and alternative != check_route(*eq):
+      if rng.random() < cfg.chain and alternative != route:
         note += f" Alternatively, {', '.join(alternative)}. Yes."
       shown = right
     else:
@@ -158,7 +160,8 @@ def reflective_lines(rng: np.random.Generator, lines: Sequence[tuple[str, Equati
   texts.append(conclusion(answer if uncaught is None else uncaught))
   total = sum(hardness(*eq) for eq in eqs)
   if uncaught is not None or rng.random() < min(cfg.max_recheck, cfg.recheck_per_hardness * total):
-    recompute = f"{_weighted(rng, RECHECK_OPENERS)} {', '.join(_eq(*eq) for eq in eqs)}."
+    steps = ", ".join(equation_text(*eq) for eq in eqs)
+    recompute = f"{weighted_choice(rng, RECHECK_OPENERS)} {steps}."
     if uncaught is None:
       texts.append(f"{recompute} Yes, the answer is {answer}.")
     else:

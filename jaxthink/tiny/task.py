@@ -22,7 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from jaxthink.tiny.reflection import Reflection, reflective_lines
+from jaxthink.tiny.reflection import (Reflection, equation_text as _eq, near_miss, reflective_lines,
+                                      weighted_choice as _weighted)
 
 SPLITS = {"train": 0, "test": 1}
 # One computation in TEST_SHARE goes to the test split.
@@ -136,11 +137,6 @@ def _pick(rng: np.random.Generator, seq: Sequence):
   return seq[int(rng.integers(len(seq)))]
 
 
-def _weighted(rng: np.random.Generator, options: Sequence[tuple[str, float]]) -> str:
-  weights = np.array([w for _, w in options])
-  return options[int(rng.choice(len(options), p=weights / weights.sum()))][0]
-
-
 def _next_op(rng: np.random.Generator, value: int, budget: int, d: Difficulty) -> Op:
   """A random operation valid at `value` using at most `budget` operations."""
   headroom = d.max_value - value
@@ -184,16 +180,6 @@ def _split_of(start: int, ops: Sequence[Op]) -> str:
   return "test" if digest % TEST_SHARE == 0 else "train"
 
 
-def _eq(a: int, kind: str, b: int, c: int) -> str:
-  return f"{a} {kind} {b} = {c}"
-
-
-def _wrong(rng: np.random.Generator, right: int) -> int:
-  """A plausible slip: off by 1, 2 or 10, never right, never outside [0, 999]."""
-  options = [right + s for s in (-10, -2, -1, 1, 2, 10) if 0 <= right + s < 1000]
-  return _pick(rng, options)
-
-
 def _checked_lines(rng: np.random.Generator, lines, check: str) -> list[str]:
   """The thinking's lines with at most one self-check ("none", "confirm" or "fix")."""
   checked = _pick(rng, [k for k, (_, eq) in enumerate(lines) if eq]) if check != "none" else -1
@@ -210,7 +196,7 @@ def _checked_lines(rng: np.random.Generator, lines, check: str) -> list[str]:
     if check == "confirm":
       shown, note = right, _weighted(rng, CONFIRM).format(eq=right)
     else:
-      shown = _eq(*eq[:3], _wrong(rng, eq[3]))
+      shown = _eq(*eq[:3], near_miss(rng, eq[3]))
       note = _weighted(rng, FIX).format(bad=shown, eq=right)
     texts += [f"{text.format(eq=shown)} {note}"] if inline else [text.format(eq=shown), note]
   return texts
