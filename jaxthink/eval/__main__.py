@@ -15,8 +15,7 @@ from jaxthink.eval.config import EvalConfig
 
 def main(argv=None, *, persistent_cache: bool = False) -> int:
   """The command; `persistent_cache` (on from the command line) keeps compiled programs on disk
-  across runs. It is off for in-process callers: jax decides once per process whether the cache
-  is used, and host-callback programs (Pallas interpret mode) cannot be written to it."""
+  across runs. In-process callers keep their own jax settings."""
   parser = argparse.ArgumentParser(prog="python -m jaxthink.eval", description=(
       "Evaluate full-precision, quantized and penalised variants of a model on math benchmarks; "
       "writes results.jsonl, summary.json, report.md and plots to the config's output_dir. "
