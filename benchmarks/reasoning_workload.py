@@ -265,7 +265,7 @@ def main():
       slot_utilisation_overall=stats.utilisation_overall, static_slot_utilisation=static_util,
       seconds=seconds)
 
-  print(f"\nms per decode step, batch 8, 64 written tokens, by max_new_tokens:")
+  print("\nms per decode step, batch 8, 64 written tokens, by max_new_tokens:")
   print(f"{'max_new_tokens':>14} {'chunked':>8} {'dense':>8}")
   step = {}
   for max_new in STEP_ALLOCATIONS:
@@ -279,7 +279,7 @@ def main():
       dense_step_cost_ratio_16384_vs_128=step[hi]["dense"] / step[lo]["dense"],
       step_ms={str(k): v for k, v in step.items()})
 
-  print(f"\nms per decode step, batch 8, 4096 written tokens (max_new_tokens 8192):")
+  print("\nms per decode step, batch 8, 4096 written tokens (max_new_tokens 8192):")
   kv = {bits: step_ms(ours.model, ours.params, 8192, 4096, kv_bits=bits) for bits in (None, 8, 4)}
   for bits, ms in kv.items():
     print(f"{'float' if bits is None else f'kv{bits}':>6} {ms:>7.2f} ms  ({ms / kv[None]:.2f}x)")

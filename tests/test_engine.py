@@ -2,7 +2,6 @@
 `generate`) give for it, also for requests inserted into slots freed mid-run; sampled tokens
 depend only on (seed, request); chunked attention equals softmax attention computed in numpy."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
