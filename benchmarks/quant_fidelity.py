@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxthink
-from jaxthink.decode import generate
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.hf_io import init_params
 from jaxthink.quant import (CalibrationData, CalibrationSpec, QuantSpec, calibration_data,
                             quantize)
 from jaxthink.quant.self_traces import write_self_traces
 from jaxthink.tiny import generate_problems
+from quant_serving import decode_step_seconds  # the same timer (benchmarks/ is on sys.path)
 
 TINY = Path(jaxthink.__file__).parent / "tiny"
 TASK_TEXT = TINY / "data" / "calibration.jsonl"
@@ -143,7 +143,7 @@ def cost_table(model, data) -> dict:
     spec = QuantSpec("w4a16", "gptq", group_size=64, symmetric=symmetric)
     quantize(model.config, model.params, spec, data)  # compile
     qmodel, qparams, report = quantize(model.config, model.params, spec, data)
-    step = decode_step_seconds((qmodel, qparams), prompts)
+    step = decode_step_seconds((qmodel, qparams), prompts, long=208)
     out["asym" if not symmetric else "sym"] = {
         "calib_s_per_linear": report["seconds"] / len(report["layers"]),
         "bytes_ratio_vs_bf16": report["weight_bytes"]["ratio"], "decode_step_s": step}
@@ -155,19 +155,6 @@ def cost_table(model, data) -> dict:
   print(f"decode step asym / sym: {ratio:.3f}")
   out["decode_step_asym_vs_sym"] = ratio
   return out
-
-
-def decode_step_seconds(policy, prompts, short: int = 16, long: int = 208) -> float:
-  """Seconds per greedy decode step: (time(long) - time(short)) / (long - short), compiled runs."""
-  def timed(n):
-    generate(policy, prompts, max_new_tokens=n, eos_ids=())  # compile
-    best = float("inf")
-    for _ in range(3):
-      t = time.perf_counter()
-      generate(policy, prompts, max_new_tokens=n, eos_ids=())
-      best = min(best, time.perf_counter() - t)
-    return best
-  return (timed(long) - timed(short)) / (long - short)
 
 
 def w4a4_table(model, data, steps: int) -> dict:
