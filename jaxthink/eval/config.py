@@ -26,8 +26,11 @@ EMBEDDED = "embedded"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL_DIR = PACKAGE_DIR / "tiny" / "model"
 EMBEDDED_DATA_DIR = PACKAGE_DIR / "tiny" / "data"
-# The committed models by keyword, each a (model directory, task data directory).
-COMMITTED = {EMBEDDED: (EMBEDDED_MODEL_DIR, EMBEDDED_DATA_DIR)}
+# The committed models by keyword, each a (model directory, task data directory): `embedded`, the
+# small tiny model; `organism`, the model organism of reflection (`jaxthink.tiny.reflection`).
+COMMITTED = {EMBEDDED: (EMBEDDED_MODEL_DIR, EMBEDDED_DATA_DIR),
+             "organism": (PACKAGE_DIR / "tiny" / "organism" / "model",
+                          PACKAGE_DIR / "tiny" / "organism" / "data")}
 
 
 @dataclasses.dataclass(frozen=True)

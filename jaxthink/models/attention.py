@@ -59,6 +59,16 @@ def dense_attention(q: jax.Array, kv: LayerKV, allowed: jax.Array, dtype) -> jax
   return _mix(jax.nn.softmax(scores, axis=-1), kv.v, kv.v_scale, dtype)
 
 
+def _softmax_piece(q, k, k_scale, v, v_scale, allowed, dtype):
+  """One chunk's share of softmax attention over the slots `allowed` `[w, t, chunk]`: its max
+  score `[w, kv, g, t]`, the sum of exp(score - max) and the values weighted by them
+  `[w, kv, g, t, d]` (zeros where nothing is allowed)."""
+  scores = jnp.where(allowed[:, None, None], _scores(q, k, k_scale, dtype), _MASKED)
+  best = scores.max(-1)
+  probs = jnp.where(allowed[:, None, None], jnp.exp(scores - best[..., None]), 0.0)
+  return best, probs.sum(-1), _mix(probs, v, v_scale, dtype)
+
+
 def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limit: jax.Array,
                       dtype, chunk: int = ATTENTION_CHUNK) -> jax.Array:
   """Attention of each query over slots `0 .. its query_slot`, ragged: row `r` visits only the
@@ -90,24 +100,35 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
   init = (jnp.full((b, heads, groups, t), _MASKED), jnp.zeros((b, heads, groups, t)),
           jnp.zeros((b, heads, groups, t, d)))
 
+  def merge(carry, piece, row=None):
+    """Folds softmax pieces into the running (max, denominator, numerator) of their rows: piece
+    `i` belongs to row `row[i]` (None: piece `i` is row `i`'s)."""
+    best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
+    piece_best, piece_total, piece_acc = piece
+    if row is None:
+      new_best = jnp.maximum(best, piece_best)
+      weight = jnp.exp(piece_best - new_best)
+      add = lambda x: x
+    else:
+      new_best = jnp.maximum(best, jax.ops.segment_max(piece_best, row, num_segments=b))
+      weight = jnp.exp(piece_best - new_best[row])  # each piece rescaled to its row's new max
+      add = lambda x: jax.ops.segment_sum(x, row, num_segments=b)
+    rescale = jnp.exp(best - new_best)
+    return (new_best, total * rescale + add(piece_total * weight),
+            acc * rescale[..., None] + add(piece_acc * weight[..., None]))
+
   def visit_all(c, carry):
     """Chunk `c` of every row (sliced, no gathers or segment sums): cheaper per chunk, so it is
     used when the rows are about equally long."""
-    best, total, acc = carry
     start = jnp.minimum(c * chunk, max_len - chunk)
     cut = lambda x: None if x is None else jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=2)
     slot = start + jnp.arange(chunk)
     ok = ((slot >= c * chunk) & (slot <= query_slot[..., None])
           & (c < chunks)[:, None, None])  # [b, t, chunk]
-    scores = jnp.where(ok[:, None, None], _scores(q, cut(kv.k), cut(kv.k_scale), dtype), _MASKED)
-    new_best = jnp.maximum(best, scores.max(-1))
-    rescale = jnp.exp(best - new_best)
-    probs = jnp.where(ok[:, None, None], jnp.exp(scores - new_best[..., None]), 0.0)
-    return (new_best, total * rescale + probs.sum(-1),
-            acc * rescale[..., None] + _mix(probs, cut(kv.v), cut(kv.v_scale), dtype))
+    return merge(carry, _softmax_piece(q, cut(kv.k), cut(kv.k_scale), cut(kv.v), cut(kv.v_scale),
+                                       ok, dtype))
 
   def visit(i, carry):
-    best, total, acc = carry  # running max [b, kv, g, t], softmax denominator, numerator
     pair = i * b + jnp.arange(b)  # [w] with w = b pairs per iteration
     row = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), b - 1)
     c = pair - (ends[row] - chunks[row])  # the chunk within its row
@@ -118,18 +139,8 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
     slot = start[:, None] + jnp.arange(chunk)  # [w, chunk]
     ok = ((pair < ends[-1])[:, None, None] & (slot >= (c * chunk)[:, None])[:, None]
           & (slot[:, None] <= query_slot[row][..., None]))  # [w, t, chunk]
-    scores = jnp.where(ok[:, None, None], _scores(q[row], take(kv.k), take(kv.k_scale), dtype),
-                       _MASKED)
-    piece_best = scores.max(-1)  # [w, kv, g, t]
-    probs = jnp.where(ok[:, None, None], jnp.exp(scores - piece_best[..., None]), 0.0)
-    piece = _mix(probs, take(kv.v), take(kv.v_scale), dtype)
-    new_best = jnp.maximum(best, jax.ops.segment_max(piece_best, row, num_segments=b))
-    weight = jnp.exp(piece_best - new_best[row])  # each piece rescaled to its row's new max
-    rescale = jnp.exp(best - new_best)
-    return (new_best,
-            total * rescale + jax.ops.segment_sum(probs.sum(-1) * weight, row, num_segments=b),
-            acc * rescale[..., None] + jax.ops.segment_sum(piece * weight[..., None], row,
-                                                           num_segments=b))
+    return merge(carry, _softmax_piece(q[row], take(kv.k), take(kv.k_scale), take(kv.v),
+                                       take(kv.v_scale), ok, dtype), row)
 
   most = jnp.max(chunks)
   _, total, acc = jax.lax.cond(

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxthink.eval.config import COMMITTED, PACKAGE_DIR
+from jaxthink.eval.config import COMMITTED
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
 from jaxthink.tiny.reflection import Reflection
@@ -55,17 +55,15 @@ class TrainConfig:
   weight_decay: float = 0.01
 
 
-# `embedded`: the committed small model (difficulty 1, one self-check at most); `organism`: the
-# defaults, a model organism of reflection (difficulty 2, reflective solutions; not committed yet).
+# The committed models (`jaxthink.eval.config.COMMITTED`, written where they are committed):
+# `embedded`, the small model (difficulty 1, one self-check at most); `organism`, the defaults, a
+# model organism of reflection (difficulty 2, reflective solutions).
 PRESETS = {
     "organism": TrainConfig(),
     "embedded": TrainConfig(difficulty=1, reflective=False, train_problems=20000, hidden_size=192,
                             intermediate_size=512, num_layers=3, num_heads=6, max_len=256,
                             steps=2000),
 }
-OUTPUT_DIRS = {"embedded": COMMITTED["embedded"],
-               "organism": (PACKAGE_DIR / "tiny" / "organism" / "model",
-                            PACKAGE_DIR / "tiny" / "organism" / "data")}
 
 
 def encode(tokenizer, examples, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +195,7 @@ def main():
   cfg = dataclasses.replace(PRESETS[args.preset], **{
       f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
       if getattr(args, f.name) is not None})
-  model_dir, data_dir = OUTPUT_DIRS[args.preset]
+  model_dir, data_dir = COMMITTED[args.preset]
   write_task_data(cfg, args.data_out or data_dir)
   log = train(cfg, args.out or model_dir)
   print(f"trained {log['num_params'] / 1e6:.2f}M parameters in {log['seconds']:.0f} s, "
