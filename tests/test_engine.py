@@ -70,7 +70,8 @@ def test_drain_halves_the_rows_as_they_finish(models):
   _, quant, _ = models
   budgets = [2, 3, 4, 40]
   reqs = [Request([5 + i, 9], b) for i, b in enumerate(budgets)]
-  engine = Engine((quant.model, quant.params), slots=4, max_new_tokens=40, eos_ids=())
+  engine = Engine((quant.model, quant.params), slots=4, max_new_tokens=40, eos_ids=(),
+                  drain_floor=1)
   results = engine.run(reqs)
   stats = engine.stats
   assert (stats.steps_waiting, stats.steps_drain, stats.slot_steps_drain) == (0, 39, 46)

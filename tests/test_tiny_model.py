@@ -42,15 +42,16 @@ def test_logits_match_transformers(name):
   np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@pytest.mark.parametrize("name,minimum", [("embedded", 0.8)])
+# The organism's bar is its issue's: >= 90% greedy on the 200 held-out problems.
+@pytest.mark.parametrize("name,minimum", [("embedded", 0.8), ("organism", 0.9)])
 def test_full_precision_greedy_accuracy(name, minimum):
   model_dir, data_dir = COMMITTED[name]
   model = jaxthink.load_pretrained(model_dir, dtype=jnp.float32)
   tok = model.tokenizer
-  problems = read_problems("tiny", data_dir)[:100]
+  problems = read_problems("tiny", data_dir)[:200]
   prompts = [tok.encode(jaxthink.reasoning_prompt(tok, p.problem), add_special_tokens=False)
              for p in problems]
-  result = generate((model.model, model.params), prompts, max_new_tokens=256)
+  result = generate((model.model, model.params), prompts, max_new_tokens=384)
   correct = [grade(tok.decode(seq, skip_special_tokens=True), p.answer, "tiny").correct
              for seq, p in zip(result.sequences(), problems)]
   accuracy = float(np.mean(correct))

@@ -40,7 +40,8 @@ class LoopSpec:
     policy: the model that generates (usually the quantized one).
     reference: the model co-decoded for KL / entropy / log-prob (usually full precision), or None.
     sampling: how tokens are chosen.
-    penalty_mode: "off", "constant" or "entropy_gated" (λ, τ and the markers are traced).
+    penalty_mode: "constant" or "entropy_gated" (λ, τ and the markers are traced; "off" is
+      λ = 0 in "constant", so a variant and its penalised twin share one program).
     eos_ids: tokens that end a row (EOS and stop ids).
     pad_id: written into the token buffer after a row's end.
     max_new_tokens: buffer length, and the most tokens a row generates.
@@ -64,6 +65,8 @@ class LoopSpec:
     # jnp.float32 and jnp.dtype("float32") compare equal but hash differently: normalise, so
     # equal specs share one compiled program.
     object.__setattr__(self, "cache_dtype", jnp.dtype(self.cache_dtype))
+    if self.penalty_mode == "off":
+      object.__setattr__(self, "penalty_mode", "constant")
 
 
 def _constrain(spec: LoopSpec, tree):

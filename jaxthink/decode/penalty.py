@@ -124,7 +124,8 @@ class MarkerPenalty:
 
     markers = self.token_ids if self.marker_ids is None else self.marker_ids
     return PenaltyArrays(penalty_mask=mask(self.token_ids), marker_mask=mask(markers),
-                         strength=jnp.asarray(self.strength, jnp.float32),
+                         strength=jnp.asarray(0.0 if self.mode == "off" else self.strength,
+                                              jnp.float32),
                          entropy_threshold=jnp.asarray(self.entropy_threshold, jnp.float32))
 
 
@@ -145,10 +146,9 @@ def apply_penalty(logits: jax.Array, entropy: jax.Array, penalty: PenaltyArrays,
     entropy: `[batch]` entropy of the raw logits (the gate of "entropy_gated").
   """
   batch = logits.shape[0]
-  if mode == "off":
-    return logits, jnp.zeros((batch,), jnp.bool_)
-  fired = (jnp.ones((batch,), jnp.bool_) if mode == "constant"
-           else entropy > penalty.entropy_threshold)
+  # "off" runs as λ = 0 (`MarkerPenalty.arrays`): a variant and its penalised twin share programs.
+  fired = (entropy > penalty.entropy_threshold if mode == "entropy_gated"
+           else jnp.broadcast_to(penalty.strength != 0, (batch,)))
   hit = fired[:, None] & penalty.penalty_mask[None, :]
   # `where`, not `logits - λ * hit`: with λ = inf, inf * 0 would be NaN on unpenalised tokens.
   return jnp.where(hit, logits - penalty.strength, logits), fired
