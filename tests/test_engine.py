@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import jaxthink
+import jaxthink.decode.engine as engine_module
 from jaxthink.decode import Engine, MarkerPenalty, Request, Sampling, generate
 from jaxthink.models.attention import chunked_attention, dense_attention
 from jaxthink.models.kv_cache import LayerKV, quantize_kv
@@ -79,6 +80,22 @@ def test_drain_halves_the_rows_as_they_finish(models):
   static = generate((quant.model, quant.params), [list(r.prompt) for r in reqs],
                     max_new_tokens=40, budgets=budgets, eos_ids=())
   assert [r.sequences()[0] for r in results] == static.sequences()
+
+
+def test_requests_enter_in_prefill_groups(models, monkeypatch):
+  """Prefill groups of two in four slots: the first four requests enter as two groups; then two
+  rows free at once while one request waits, so a group is padded (greedy tokens equal the static
+  path's for every request)."""
+  monkeypatch.setattr(engine_module, "PREFILL_ROWS", 2)
+  _, quant, _ = models
+  budgets = [3, 3, 8, 8, 3]
+  reqs = [Request([5 + i, 9, 11], b) for i, b in enumerate(budgets)]
+  engine = Engine((quant.model, quant.params), slots=4, max_new_tokens=8, eos_ids=())
+  results = engine.run(reqs)
+  for r, result in zip(reqs, results):
+    static = generate((quant.model, quant.params), [list(r.prompt)],
+                      max_new_tokens=r.max_new_tokens, eos_ids=())
+    assert result.sequences() == static.sequences()
 
 
 def test_sampled_tokens_depend_only_on_seed_and_request(models):

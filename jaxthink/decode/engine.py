@@ -181,7 +181,8 @@ class Engine:
     """Prefills `entering` requests and puts them into rows `free[:len(entering)]`."""
     width = padded_batch_size(min(PREFILL_ROWS, self.slots), self.mesh)
     for start in range(0, len(entering), width):
-      group, rows = entering[start:start + width], free[start:start + width]
+      group = entering[start:start + width]
+      rows = free[start:start + len(group)]
       pad = width - len(group)  # padding repeats the group's first request and row
       fill, rows = group + group[:1] * pad, np.asarray(rows + rows[:1] * pad, np.int32)
       tokens, lengths = right_padded([prompts[i] for i in fill], self.spec.pad_id)
