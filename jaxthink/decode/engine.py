@@ -182,9 +182,10 @@ class Engine:
     width = padded_batch_size(min(PREFILL_ROWS, self.slots), self.mesh)
     for start in range(0, len(entering), width):
       group = entering[start:start + width]
-      rows = free[start:start + len(group)]
       pad = width - len(group)  # padding repeats the group's first request and row
-      fill, rows = group + group[:1] * pad, np.asarray(rows + rows[:1] * pad, np.int32)
+      fill = group + group[:1] * pad
+      rows = free[start:start + len(group)]
+      rows = np.asarray(rows + rows[:1] * pad, np.int32)
       tokens, lengths = right_padded([prompts[i] for i in fill], self.spec.pad_id)
       seeds = np.asarray([requests[i].seed for i in fill], np.uint32)
       new = prefill(self.spec, self.params, self.ref_params, put_batch(tokens, self.mesh),
@@ -199,10 +200,12 @@ class Engine:
     if waiting:
       return 1
     half = width // 2
-    if (self.shrink_drain and half >= self.drain_floor
-        and half == padded_batch_size(half, self.mesh)):
+    if self.shrink_drain and self._can_shrink_to(half):
       return width - half
     return width
+
+  def _can_shrink_to(self, width: int) -> bool:
+    return width >= self.drain_floor and width == padded_batch_size(width, self.mesh)
 
   def _shrink(self, state: DecodeState, occupant: list) -> tuple[DecodeState, list[int]]:
     """With the queue empty: the state cut to half its rows while half or more are free, and
@@ -211,8 +214,7 @@ class Engine:
     while True:
       width = len(kept) // 2
       busy = [i for i, row in enumerate(kept) if occupant[row] is not None]
-      if (len(busy) > width or width < self.drain_floor
-          or width != padded_batch_size(width, self.mesh)):
+      if len(busy) > width or not self._can_shrink_to(width):
         if len(kept) < len(occupant):
           state = select(self.spec, state, jnp.asarray(kept, jnp.int32))
         return state, kept
