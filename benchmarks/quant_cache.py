@@ -1,6 +1,6 @@
 """Quantize once per recipe: what a variant paid before (quantizing) vs a cache hit.
 
-configs/demo.yaml's calibrated recipes on the embedded model (float32): for each, the seconds of
+configs/demo.yaml's calibrated recipes on its model, the organism (float32): for each, the seconds of
 `quantize` (every variant paid this before #16, penalised twins included), of a cache miss
 (quantize + the orbax save), of a later run's hit (a new `QuantCache` on the same folder: orbax
 restore) and of an in-memory hit (the same run's twin). Each is the best of `--repeats`. Also

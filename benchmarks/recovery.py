@@ -1,7 +1,7 @@
 """Does a low-rank fine-tune on step-annotated solutions recover what 3-bit weights cost?
 
 The embedded tiny model (float32) in full precision, quantized (default: w3a16 round-to-nearest,
-group 64: the most damaged variant of configs/demo.yaml), and quantized with adapters trained on
+group 64: its most damaged weight-only variant), and quantized with adapters trained on
 the synthetic step-annotated train split (`jaxthink.finetune`; integers frozen). All three answer
 the same held-out problems (greedy): the test split of the task generator (its first 200 are the
 shipped `tiny` benchmark), or with `--split validation` problems of the train split that neither
@@ -35,7 +35,7 @@ from jaxthink.quant import QuantSpec, quantize
 from jaxthink.tiny.task import generate_problems
 from jaxthink.tiny.train import PRESETS
 
-MAX_NEW_TOKENS = 320  # as configs/demo.yaml
+MAX_NEW_TOKENS = 320  # the embedded model's longest solutions fit
 TINY = PRESETS["embedded"]  # how the embedded model was trained (its train problems come first)
 
 

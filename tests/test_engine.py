@@ -41,9 +41,11 @@ def hf_greedy(hf, prompt, new_tokens, eos_id):
   return out[0, len(prompt):].tolist()
 
 
-def test_greedy_equals_hf_and_static_for_inserted_requests(models):
-  """Two slots for seven requests: five of them enter slots freed mid-run. A small attention
-  chunk makes the chunked loop cross chunk boundaries."""
+def test_greedy_equals_hf_and_static_for_inserted_requests(models, monkeypatch):
+  """Two slots for seven requests: five of them enter slots freed mid-run, one at a time
+  (prefill groups of one). A small attention chunk makes the chunked loop cross chunk
+  boundaries."""
+  monkeypatch.setattr(engine_module, "PREFILL_ROWS", 1)
   hf, quant, _ = models
   reqs = requests()
   # An end token that request 0 emits mid-way, so some rows end early (not at their budget).
@@ -199,9 +201,10 @@ def test_bad_requests_are_named(models):
     Engine((quant.model, quant.params), slots=0, max_new_tokens=8)
 
 
-@pytest.mark.parametrize("kv_bits", [None, 8])
-def test_score_pass_equals_codecoding(models, kv_bits):
-  """`reference: score` (a teacher-forced pass after decoding) records what co-decoding does."""
+@pytest.mark.parametrize("kv_bits,rows", [(None, 16), (8, 2)])
+def test_score_pass_equals_codecoding(models, kv_bits, rows):
+  """`reference: score` (a teacher-forced pass after decoding) records what co-decoding does,
+  also with the seven sequences packed into two rows (a row's cache restarts between them)."""
   from jaxthink.decode.score import score_reference
   _, quant, ref = models
   reqs = requests()
@@ -210,7 +213,7 @@ def test_score_pass_equals_codecoding(models, kv_bits):
   plain = Engine((quant.model, quant.params), **kw).run(reqs)
   assert plain[0].kl is None
   scored = score_reference((quant.model, quant.params), (ref.model, ref.params),
-                           [r.prompt for r in reqs], plain, kv_bits=kv_bits, chunk=16)
+                           [r.prompt for r in reqs], plain, kv_bits=kv_bits, chunk=16, rows=rows)
   for want, got in zip(codecoded, scored):
     np.testing.assert_array_equal(got.tokens, want.tokens)
     for field in ("kl", "ref_entropy", "ref_log_prob"):

@@ -1,7 +1,7 @@
 """The Colab quickstart runs top to bottom on a CPU, in a fresh kernel, within five minutes.
 
 nbclient executes every cell from the repository root (as a checkout user would) with JAX on the
-CPU: the install cell finds jaxthink installed, the demo runs in QUICK mode on the embedded model,
+CPU: the install cell finds jaxthink installed, the demo runs in QUICK mode on the organism,
 the report's tables and plots are displayed, and the hub/TPU section skips itself.
 """
 

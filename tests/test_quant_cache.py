@@ -23,7 +23,7 @@ from jaxthink.quant import cache as cache_module
 from jaxthink.quant.cache import QuantCache, default_cache_dir
 
 TINY = Path(jaxthink.__file__).parent / "tiny"
-# configs/demo.yaml's GPTQ recipe, with less calibration text (test time).
+# A GPTQ recipe on the embedded model, with little calibration text (test time).
 GPTQ = {"scheme": "w4a16", "method": "gptq", "group_size": 64,
         "calibration": {"source": str(TINY / "data" / "calibration.jsonl"), "num_samples": 4,
                         "seq_len": 32, "heldout_samples": 1}}

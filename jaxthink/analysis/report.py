@@ -348,7 +348,18 @@ def plot_accuracy_vs_cot(summaries: Sequence[VariantSummary], baselines: Mapping
     x, y = s.mean_cot_tokens, 100 * s.accuracy
     ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]],
                 yerr=[[y - 100 * a_low], [100 * a_high - y]], fmt="o", capsize=3, alpha=0.8)
-    ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+  # Labels of nearby points are stacked downwards instead of printed over each other.
+  xs = np.asarray([s.mean_cot_tokens for s in summaries])
+  ys = np.asarray([100 * s.accuracy for s in summaries])
+  near_x, step_y = 0.15 * (np.ptp(xs) or 1.0), 0.035 * (np.ptp(ys) or 1.0)
+  placed: list[tuple[float, float]] = []
+  for s, x, y in zip(summaries, xs, ys):
+    down = 0
+    while any(abs(px - x) < near_x and abs(py - (y - down * step_y)) < step_y
+              for px, py in placed):
+      down += 1
+    placed.append((x, y - down * step_y))
+    ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, 5 - 9 * down), fontsize=8)
     base = by_name.get(baselines.get(s.name, first))
     if base is not None and base.name not in (first, s.name):
       ax.annotate("", xy=(x, y), xytext=(base.mean_cot_tokens, 100 * base.accuracy),

@@ -2,9 +2,10 @@
 
 Reasoning traces have long-tailed lengths (R1-Distill-Qwen-1.5B on MATH-500: mean 5.2K tokens, cap
 32K). A static batch runs until its longest row ends, so most of its rows idle; here a finished
-row's slot is refilled at once. The host prefills waiting requests (bucketed), inserts them into
+row's slot is refilled. The host prefills waiting requests in groups (bucketed), inserts them into
 the free slots (`jaxthink.decode.loop.insert`) and resumes the compiled loop, which returns only
-when a slot has finished while requests wait (or every `sync_every` steps), never once per token.
+when a group's worth of slots has finished while requests wait (or every `sync_every` steps),
+never once per token.
 When the queue is empty the remaining rows are compacted into a smaller slot count as they finish
 (the drain), so the tail does not pay for empty slots either.
 
@@ -83,11 +84,14 @@ class EngineStats:
 
 
 # Each batch width is one more compiled program (prefill, insert, decode), and a narrow batch
-# saves little: a prefill of 8 short prompts or a decode step of 8 rows reads the weights once,
+# saves little: a prefill of 8 short prompts or a decode step of 16 rows reads the weights once,
 # about what one row costs on an accelerator (finished rows visit no KV). So entering requests are
 # prefilled in groups of PREFILL_ROWS, and the drain stops halving at DRAIN_FLOOR rows (default).
+# While requests wait, the loop returns when a whole group's rows are free: refilling row by row
+# would prefill a padded group for each request (3.5x the prompt tokens on the demo), while
+# waiting for the group idles (PREFILL_ROWS - 1) / 2 rows on average (~5% of 64 slots).
 PREFILL_ROWS = 8
-DRAIN_FLOOR = 8
+DRAIN_FLOOR = 16
 
 
 class Engine:
@@ -96,8 +100,8 @@ class Engine:
   Args (the rest as in `jaxthink.decode.generate`):
     slots: decode rows (a multiple of the mesh's 'data' axis).
     max_new_tokens: the largest budget a request may have (sizes the per-row buffers).
-    sync_every: the loop also returns to the host after this many steps (None: only when a slot
-      frees while requests wait).
+    sync_every: the loop also returns to the host after this many steps (None: only when a
+      prefill group's rows are free while requests wait).
     shrink_drain: once the queue is empty, halve the slot count whenever half the rows are done
       (down to `drain_floor` rows).
   """
@@ -158,7 +162,7 @@ class Engine:
         occupant, generated = [occupant[row] for row in kept], generated[kept]
       waiting = bool(queue)
       state, steps = decode(spec, self.params, self.ref_params, state, self.penalty,
-                            self._return_at_done(len(occupant), waiting), self.sync_every)
+                            self._return_at_done(len(occupant), len(queue)), self.sync_every)
       yield from finished  # the caller handles them (grading, writing) while the loop runs
       before = generated
       generated, done, steps = to_numpy((state.generated, state.done, steps))
@@ -179,7 +183,7 @@ class Engine:
   def _insert(self, state: DecodeState, free: list[int], entering: list[int], prompts,
               requests) -> DecodeState:
     """Prefills `entering` requests and puts them into rows `free[:len(entering)]`."""
-    width = padded_batch_size(min(PREFILL_ROWS, self.slots), self.mesh)
+    width = self._group_width()
     for start in range(0, len(entering), width):
       group = entering[start:start + width]
       pad = width - len(group)  # padding repeats the group's first request and row
@@ -194,11 +198,14 @@ class Engine:
       state = insert(self.spec, state, new, jnp.asarray(rows), jnp.asarray(budgets))
     return state
 
-  def _return_at_done(self, width: int, waiting: bool) -> int:
-    """How many done rows bring the loop back to the host: one while requests wait (to refill
-    it), enough to halve the rows in the drain, else all of them."""
-    if waiting:
-      return 1
+  def _group_width(self) -> int:
+    return padded_batch_size(min(PREFILL_ROWS, self.slots), self.mesh)
+
+  def _return_at_done(self, width: int, queued: int) -> int:
+    """How many done rows bring the loop back to the host: a prefill group's worth while requests
+    wait (fewer when fewer wait), enough to halve the rows in the drain, else all of them."""
+    if queued:
+      return min(self._group_width(), queued)
     half = width // 2
     if self.shrink_drain and self._can_shrink_to(half):
       return width - half

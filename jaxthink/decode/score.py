@@ -6,7 +6,8 @@ only need the reference's distributions along the sequence the policy wrote, so 
 computed afterwards in one compute-bound pass per batch of finished sequences: both models run
 teacher-forced over prompt + response in chunks of `chunk` positions (the policy through its own
 kv8 / kv4 cache, so its logits are those it decoded with), and the statistics come from the same
-float32 functions as in the loop. Records equal co-decoding's to float rounding.
+float32 functions as in the loop. Records equal co-decoding's to float rounding. The sequences are
+packed into a few rows, one after another, so the pass costs what was written.
 """
 
 from __future__ import annotations
@@ -28,71 +29,110 @@ from jaxthink.models.kv_cache import init_kv_cache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype: Any, chunk: int,
-           params: Any, ref_params: Any, tokens: jax.Array, totals: jax.Array):
-  """Per position `p` of `tokens` `[b, S]` (right-padded, `totals` `[b]` real tokens): KL,
-  reference entropy and reference log-prob of token `p + 1`, each `[b, S]` float32."""
-  b, length = tokens.shape
-  targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
-  as_chunks = lambda x: x.reshape(b, length // chunk, chunk).swapaxes(0, 1)  # [n, b, chunk]
+def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype: Any,
+           max_len: int, params: Any, ref_params: Any, tokens: jax.Array, targets: jax.Array,
+           positions: jax.Array, fresh: jax.Array, steps: jax.Array):
+  """Teacher-forced statistics of packed rows: `tokens`, `targets` (the next token) and
+  `positions` `[rows, T * chunk]` hold sequences one after another, each starting at a chunk
+  boundary (`fresh` `[rows, T]`, where a row's cache restarts) with positions from 0 (-1 at
+  padding). Runs the first `steps` chunks. Returns KL, reference entropy and reference log-prob,
+  each `[rows, T * chunk]` float32."""
+  rows, width = tokens.shape
+  chunk = width // fresh.shape[1]
+  as_chunks = lambda x: x.reshape(rows, -1, chunk).swapaxes(0, 1)  # [T, rows, chunk]
+  tokens, targets, positions = as_chunks(tokens), as_chunks(targets), as_chunks(positions)
 
-  def step(caches, xs):
-    cache, ref_cache = caches
-    tok, target, positions = xs
-    mask = positions < totals[:, None]
-    logits, cache = policy.apply({"params": params}, tok, positions, mask, cache)
-    ref_logits, ref_cache = reference.apply({"params": ref_params}, tok, positions, mask,
-                                            ref_cache)
+  def step(i, carry):
+    cache, ref_cache, out = carry
+    at = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+    tok, target, pos = at(tokens), at(targets), at(positions)
+    mask = pos >= 0
+    restart = lambda c: c.replace(lengths=jnp.where(fresh[:, i], 0, c.lengths))
+    logits, cache = policy.apply({"params": params}, tok, jnp.maximum(pos, 0), mask,
+                                 restart(cache))
+    ref_logits, ref_cache = reference.apply({"params": ref_params}, tok, jnp.maximum(pos, 0),
+                                            mask, restart(ref_cache))
     logp, ref_logp = log_probs(logits), log_probs(ref_logits)
     ref_lp = jax.vmap(token_log_prob, in_axes=1, out_axes=1)(ref_logp, target)
-    return (cache, ref_cache), (kl_divergence(ref_logp, logp), entropy(ref_logp), ref_lp)
+    stats = (kl_divergence(ref_logp, logp), entropy(ref_logp), ref_lp)
+    out = tuple(jax.lax.dynamic_update_index_in_dim(o, x, i, 0) for o, x in zip(out, stats))
+    return cache, ref_cache, out
 
-  caches = (init_kv_cache(policy.config, b, length, cache_dtype, kv_bits),
-            init_kv_cache(reference.config, b, length, cache_dtype))
-  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-  _, stats = jax.lax.scan(step, caches, (as_chunks(tokens), as_chunks(targets),
-                                         as_chunks(positions)))
-  return tuple(x.swapaxes(0, 1).reshape(b, length) for x in stats)
+  caches = (init_kv_cache(policy.config, rows, max_len, cache_dtype, kv_bits),
+            init_kv_cache(reference.config, rows, max_len, cache_dtype))
+  out = tuple(jnp.zeros(tokens.shape, jnp.float32) for _ in range(3))
+  *_, out = jax.lax.fori_loop(0, steps, step, (*caches, out))
+  return tuple(x.swapaxes(0, 1).reshape(rows, width) for x in out)
+
+
+def pack(lengths: Sequence[int], rows: int, chunk: int) -> list[list[int]]:
+  """Sequence indices per row: longest first onto the row with the fewest chunks, so the rows
+  end at about the same chunk (each sequence takes ceil(length / chunk) chunks)."""
+  load, placed = [0] * rows, [[] for _ in range(rows)]
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    row = min(range(rows), key=load.__getitem__)
+    placed[row].append(i)
+    load[row] += -(-lengths[i] // chunk)
+  return placed
 
 
 def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
                     results: Sequence[DecodeResult], *, kv_bits: int | None = None,
-                    cache_dtype: Any = None, chunk: int = 256, pad_id: int = 0,
+                    cache_dtype: Any = None, chunk: int = 64, rows: int = 16,
+                    max_len: int | None = None, pad_id: int = 0,
                     mesh: Mesh | None = None) -> list[DecodeResult]:
   """`results` (batches of one, as `Engine` returns them) with `kl`, `ref_entropy` and
   `ref_log_prob` filled from one teacher-forced pass of both models.
+
+  The sequences (prompt + response) are packed into `rows` rows, one after another, each from a
+  chunk boundary, so long-tailed lengths cost their written tokens (rounded up to `chunk`) and
+  the pass runs until the fullest row ends, not rows x the longest sequence.
 
   Args:
     policy, reference: `(Decoder, params)` or `Pretrained`, as in `generate`.
     prompts: the prompt token ids of each result.
     kv_bits / cache_dtype: the policy's cache as it decoded (the reference's is float).
-    chunk: positions per step of the pass (bounds the `[batch, chunk, vocab]` logits).
+    chunk: positions per step of the pass (bounds the `[rows, chunk, vocab]` logits).
+    rows: rows of the pass (a multiple of the mesh's 'data' axis; fewer when fewer sequences).
+    max_len: cache slots per row, at least the longest sequence (default: that, rounded up to a
+      power of two); a run passes its longest possible sequence so every call shares a program.
   """
   model, params = _model_and_params(policy)
   ref_model, ref_params = _model_and_params(reference)
   params, ref_params = place_params(params, mesh), place_params(ref_params, mesh)
   cache_dtype = jnp.dtype(cache_dtype or model.dtype)
   sequences = [list(p) + r.tokens[0].tolist() for p, r in zip(prompts, results)]
-  # Sequences are scored in groups of one length bucket each, so a short response is not padded
-  # to the longest one's length (long-tailed lengths: most would be padding).
-  groups: dict[int, list[int]] = {}
-  for i, seq in enumerate(sequences):
-    groups.setdefault(bucket_length(len(seq), chunk), []).append(i)
+  longest = max(map(len, sequences))
+  max_len = max_len or bucket_length(longest, chunk)
+  if longest > max_len:
+    raise ValueError(f"a sequence of {longest} tokens exceeds max_len={max_len}.")
+  rows = padded_batch_size(min(rows, 1 << (len(sequences) - 1).bit_length()), mesh)
+  placed = pack([len(s) for s in sequences], rows, chunk)
+  steps = max(sum(-(-len(sequences[i]) // chunk) for i in row) for row in placed)
+  width = bucket_length(steps, 8)  # allocated chunks per row: few distinct programs
+  tokens = np.full((rows, width * chunk), pad_id, np.int32)
+  targets, positions = tokens.copy(), np.full_like(tokens, -1)
+  fresh = np.zeros((rows, width), bool)
+  start = {}  # sequence -> (row, first column)
+  for row, members in enumerate(placed):
+    column = 0
+    for i in members:
+      seq, n = sequences[i], len(sequences[i])
+      start[i] = (row, column)
+      tokens[row, column:column + n] = seq
+      targets[row, column:column + n - 1] = seq[1:]
+      positions[row, column:column + n] = np.arange(n)
+      fresh[row, column // chunk] = True
+      column += -(-n // chunk) * chunk
+  put = lambda x: put_batch(x, mesh)
+  kl, ref_entropy, ref_log_prob = to_numpy(_score(
+      model, ref_model, kv_bits, cache_dtype, max_len, params, ref_params, put(tokens),
+      put(targets), put(positions), put(fresh), jnp.asarray(steps, jnp.int32)))
   out = list(results)
-  for length, members in sorted(groups.items()):
-    batch = padded_batch_size(1 << (len(members) - 1).bit_length(), mesh)  # few programs
-    tokens = np.full((batch, length), pad_id, np.int32)
-    totals = np.zeros(batch, np.int32)
-    for row, i in enumerate(members):
-      tokens[row, :len(sequences[i])], totals[row] = sequences[i], len(sequences[i])
-    kl, ref_entropy, ref_log_prob = to_numpy(_score(
-        model, ref_model, kv_bits, cache_dtype, min(chunk, length), params, ref_params,
-        put_batch(tokens, mesh), put_batch(totals, mesh)))
-    for row, i in enumerate(members):
-      # Token j of the response was predicted at position len(prompt) + j - 1.
-      r = results[i]
-      at = slice(len(prompts[i]) - 1, len(prompts[i]) - 1 + r.tokens.shape[1])
-      out[i] = dataclasses.replace(r, kl=kl[row:row + 1, at],
-                                   ref_entropy=ref_entropy[row:row + 1, at],
-                                   ref_log_prob=ref_log_prob[row:row + 1, at])
+  for i, r in enumerate(results):
+    # Token j of the response was predicted at position len(prompt) + j - 1.
+    row, column = start[i]
+    at = slice(column + len(prompts[i]) - 1, column + len(prompts[i]) - 1 + r.tokens.shape[1])
+    out[i] = dataclasses.replace(r, kl=kl[row:row + 1, at], ref_entropy=ref_entropy[row:row + 1, at],
+                                 ref_log_prob=ref_log_prob[row:row + 1, at])
   return out

@@ -20,7 +20,7 @@ from jaxthink.analysis.stats import TokenBuffers, token_stats
 from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
 from jaxthink.decode.engine import Engine, Request
-from jaxthink.decode.generate import DecodeResult
+from jaxthink.decode.generate import DecodeResult, bucket_length
 from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
 from jaxthink.decode.score import score_reference
 from jaxthink.decode.sampling import Sampling
@@ -145,12 +145,15 @@ def _run_variant(cfg, run, variant, policy, kv_bits, penalty, ref, tok, todo, me
   requests = [Request(it.prompt, s.max_new_tokens, _row_seed(s.seed, it)) for it in todo]
   bar = tqdm(total=len(todo), desc=variant.name, unit="resp", disable=jax.process_index() != 0)
   generated, pending = 0, []
+  # The longest possible sequence sizes the score pass's cache: every call shares one program.
+  longest = bucket_length(max(len(it.prompt) for it in todo)) + s.max_new_tokens
 
   def write(finished):
     if score:
       items = [todo[i] for i, _ in finished]
       results = score_reference(policy, ref, [it.prompt for it in items],
-                                [r for _, r in finished], kv_bits=kv_bits, mesh=mesh)
+                                [r for _, r in finished], kv_bits=kv_bits, max_len=longest,
+                                mesh=mesh)
       finished = [(i, r) for (i, _), r in zip(finished, results)]
     rows, buffers = zip(*(_grade_row(run, variant, todo[i], r, 0, tok, markers)
                           for i, r in finished))
