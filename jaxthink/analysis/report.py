@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import matplotlib
 from matplotlib.figure import Figure
 
 from jaxthink.analysis.stats import TokenBuffers, TokenStats, bootstrap_interval
@@ -336,36 +337,30 @@ def plot_accuracy_and_failures(summaries: Sequence[VariantSummary], path: Path) 
 
 def plot_accuracy_vs_cot(summaries: Sequence[VariantSummary], baselines: Mapping[str, str],
                          path: Path) -> None:
-  """Accuracy against mean CoT tokens, one point per variant with its 95% intervals; an arrow
-  joins each variant compared to another than the first (a penalised twin) to that one."""
-  fig = Figure(figsize=(7.5, 5), layout="constrained")
+  """Accuracy against mean CoT tokens, one point per variant with its 95% intervals (named in
+  the legend: many variants sit close together); an arrow joins each variant compared to another
+  than the first (a penalised twin, drawn as a triangle) to that one."""
+  fig = Figure(figsize=(10, 5.5), layout="constrained")
   ax = fig.add_subplot()
   by_name = {s.name: s for s in summaries}
   first = summaries[0].name
-  for s in summaries:
+  colors = matplotlib.colormaps["tab20"].colors
+  for i, s in enumerate(summaries):
     (a_low, a_high), (c_low, c_high) = (s.intervals.get(k, (np.nan, np.nan))
                                         for k in ("accuracy", "mean_cot_tokens"))
     x, y = s.mean_cot_tokens, 100 * s.accuracy
-    ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]],
-                yerr=[[y - 100 * a_low], [100 * a_high - y]], fmt="o", capsize=3, alpha=0.8)
-  # Labels of nearby points are stacked downwards instead of printed over each other.
-  xs = np.asarray([s.mean_cot_tokens for s in summaries])
-  ys = np.asarray([100 * s.accuracy for s in summaries])
-  near_x, step_y = 0.15 * (np.ptp(xs) or 1.0), 0.035 * (np.ptp(ys) or 1.0)
-  placed: list[tuple[float, float]] = []
-  for s, x, y in zip(summaries, xs, ys):
-    down = 0
-    while any(abs(px - x) < near_x and abs(py - (y - down * step_y)) < step_y
-              for px, py in placed):
-      down += 1
-    placed.append((x, y - down * step_y))
-    ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(5, 5 - 9 * down), fontsize=8)
     base = by_name.get(baselines.get(s.name, first))
-    if base is not None and base.name not in (first, s.name):
+    twin = base is not None and base.name not in (first, s.name)
+    ax.errorbar(x, y, xerr=[[x - c_low], [c_high - x]],
+                yerr=[[y - 100 * a_low], [100 * a_high - y]], fmt="<" if twin else "o",
+                markersize=7, capsize=3, alpha=0.85, color=colors[i % len(colors)], label=s.name)
+    if twin:
       ax.annotate("", xy=(x, y), xytext=(base.mean_cot_tokens, 100 * base.accuracy),
-                  arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.5))
+                  arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.2, alpha=0.7))
+  ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
   ax.set(xlabel="mean CoT tokens per response", ylabel="accuracy (pass@1, %)",
-         title="Accuracy vs CoT length (arrows: variant → its penalised / control twin)")
+         title="Accuracy vs CoT length, 95% intervals (arrows: variant → its penalised / "
+               "control twin)")
   fig.savefig(path, dpi=100)
 
 

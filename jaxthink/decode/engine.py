@@ -83,15 +83,16 @@ class EngineStats:
             / max(self.slot_steps_waiting + self.slot_steps_drain, 1))
 
 
-# Each batch width is one more compiled program (prefill, insert, decode), and a narrow batch
-# saves little: a prefill of 8 short prompts or a decode step of 16 rows reads the weights once,
+# Each batch shape is one more compiled program (prefill, insert, decode), and a narrow batch
+# saves little: a prefill of 8 short prompts or a decode step of 32 rows reads the weights once,
 # about what one row costs on an accelerator (finished rows visit no KV). So entering requests are
-# prefilled in groups of PREFILL_ROWS, and the drain stops halving at DRAIN_FLOOR rows (default).
+# prefilled in groups of PREFILL_ROWS, all padded to the stream's prompt bucket, and the drain
+# stops halving at DRAIN_FLOOR rows (default).
 # While requests wait, the loop returns when a whole group's rows are free: refilling row by row
 # would prefill a padded group for each request (3.5x the prompt tokens on the demo), while
 # waiting for the group idles (PREFILL_ROWS - 1) / 2 rows on average (~5% of 64 slots).
 PREFILL_ROWS = 8
-DRAIN_FLOOR = 16
+DRAIN_FLOOR = 32
 
 
 class Engine:
@@ -154,7 +155,7 @@ class Engine:
       free = [row for row, o in enumerate(occupant) if o is None]
       if queue and free:
         entering = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-        state = self._insert(state, free, entering, prompts, requests)
+        state = self._insert(state, free, entering, prompts, requests, bucket)
         for row, i in zip(free, entering):
           occupant[row], generated[row] = i, 1
       elif not queue and self.shrink_drain:
@@ -181,8 +182,9 @@ class Engine:
     yield from finished
 
   def _insert(self, state: DecodeState, free: list[int], entering: list[int], prompts,
-              requests) -> DecodeState:
-    """Prefills `entering` requests and puts them into rows `free[:len(entering)]`."""
+              requests, bucket: int) -> DecodeState:
+    """Prefills `entering` requests (prompts padded to `bucket` tokens) and puts them into rows
+    `free[:len(entering)]`."""
     width = self._group_width()
     for start in range(0, len(entering), width):
       group = entering[start:start + width]
@@ -190,7 +192,7 @@ class Engine:
       fill = group + group[:1] * pad
       rows = free[start:start + len(group)]
       rows = np.asarray(rows + rows[:1] * pad, np.int32)
-      tokens, lengths = right_padded([prompts[i] for i in fill], self.spec.pad_id)
+      tokens, lengths = right_padded([prompts[i] for i in fill], self.spec.pad_id, bucket)
       seeds = np.asarray([requests[i].seed for i in fill], np.uint32)
       new = prefill(self.spec, self.params, self.ref_params, put_batch(tokens, self.mesh),
                     put_batch(lengths, self.mesh), put_batch(seeds, self.mesh), self.penalty)

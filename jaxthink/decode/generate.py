@@ -119,11 +119,12 @@ def generate(policy: tuple[Decoder, Any] | Any, prompts: Sequence[Sequence[int]]
   return DecodeResult.from_records(*out, prompt_bucket=tokens.shape[1])
 
 
-def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Prompts as `[n, bucket_length(longest)]` int32, each row's tokens first then `pad_id`, and
-  their lengths `[n]` int32."""
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int,
+                 bucket: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts as `[n, bucket]` int32 (default `bucket_length(longest)`), each row's tokens first
+  then `pad_id`, and their lengths `[n]` int32."""
   lengths = np.asarray([len(r) for r in rows], np.int32)
-  bucket = bucket_length(int(lengths.max()))
+  bucket = bucket or bucket_length(int(lengths.max()))
   tokens = np.full((len(rows), bucket), pad_id, np.int32)
   for i, row in enumerate(rows):
     tokens[i, :len(row)] = row
