@@ -65,15 +65,16 @@ def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype
   return tuple(x.swapaxes(0, 1).reshape(rows, width) for x in out)
 
 
-def pack(lengths: Sequence[int], rows: int, chunk: int) -> list[list[int]]:
-  """Sequence indices per row: longest first onto the row with the fewest chunks, so the rows
-  end at about the same chunk (each sequence takes ceil(length / chunk) chunks)."""
+def _pack(lengths: Sequence[int], rows: int, chunk: int) -> tuple[list[list[int]], int]:
+  """Sequence indices per row, longest first onto the row with the fewest chunks (each sequence
+  takes ceil(length / chunk) chunks) so the rows end at about the same chunk, and the chunks of
+  the fullest row."""
   load, placed = [0] * rows, [[] for _ in range(rows)]
   for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
     row = min(range(rows), key=load.__getitem__)
     placed[row].append(i)
     load[row] += -(-lengths[i] // chunk)
-  return placed
+  return placed, max(load)
 
 
 def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
@@ -107,8 +108,7 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
   if longest > max_len:
     raise ValueError(f"a sequence of {longest} tokens exceeds max_len={max_len}.")
   rows = padded_batch_size(min(rows, 1 << (len(sequences) - 1).bit_length()), mesh)
-  placed = pack([len(s) for s in sequences], rows, chunk)
-  steps = max(sum(-(-len(sequences[i]) // chunk) for i in row) for row in placed)
+  placed, steps = _pack([len(s) for s in sequences], rows, chunk)
   width = bucket_length(steps, 8)  # allocated chunks per row: few distinct programs
   tokens = np.full((rows, width * chunk), pad_id, np.int32)
   targets, positions = tokens.copy(), np.full_like(tokens, -1)
@@ -133,6 +133,7 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
     # Token j of the response was predicted at position len(prompt) + j - 1.
     row, column = start[i]
     at = slice(column + len(prompts[i]) - 1, column + len(prompts[i]) - 1 + r.tokens.shape[1])
-    out[i] = dataclasses.replace(r, kl=kl[row:row + 1, at], ref_entropy=ref_entropy[row:row + 1, at],
+    out[i] = dataclasses.replace(r, kl=kl[row:row + 1, at],
+                                 ref_entropy=ref_entropy[row:row + 1, at],
                                  ref_log_prob=ref_log_prob[row:row + 1, at])
   return out
