@@ -22,6 +22,7 @@ from jaxthink.models.pretrained import load_pretrained
 from jaxthink.decode.mesh import MeshConfig, mesh_from_config
 from jaxthink.quant import QuantConfigError, QuantSpec, quantize, save_quantized
 from jaxthink.quant.checkpoint import check_shared_directory
+from jaxthink.quant.self_traces import resolve_self_traces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,9 @@ def run(config: QuantizeConfig, log=print) -> Path:
   check_shared_directory(config.output)  # on several hosts, before hours of quantizing
   log(f"loading {config.model} ({config.dtype})")
   pretrained = load_pretrained(config.model, dtype=jnp.dtype(config.dtype), mesh=mesh)
+  # Self traces are written beside the checkpoint (kept: they are its calibration text).
+  config = dataclasses.replace(config, quant=resolve_self_traces(config.quant, pretrained,
+                                                                  config.output))
   log(f"quantizing: scheme {config.quant.scheme}, method {config.quant.method}, calibration "
       f"{config.quant.calibration.num_samples} x {config.quant.calibration.seq_len} tokens of "
       f"{config.quant.calibration.source}")

@@ -199,10 +199,11 @@ class EvalConfig:
     return Path(self.data_dir).expanduser()
 
   def quant_spec(self, variant: Variant) -> QuantSpec | None:
-    """The variant's on-the-fly recipe; GSM8K calibration reads the run's data_dir unless the
-    recipe names its own."""
+    """The variant's on-the-fly recipe; GSM8K calibration and self traces read the run's
+    data_dir unless the recipe names its own."""
     spec = variant.quant
-    if spec is None or spec.calibration.source != "gsm8k" or spec.calibration.data_dir is not None:
+    if (spec is None or spec.calibration.source not in ("gsm8k", "self_traces")
+        or spec.calibration.data_dir is not None):
       return spec
     return dataclasses.replace(spec, calibration=dataclasses.replace(
         spec.calibration, data_dir=str(self.data_directory)))
@@ -236,5 +237,6 @@ class EvalConfig:
       if v.penalty.markers is not None and not Path(v.penalty.markers).expanduser().is_file():
         raise ConfigError(f"variants.{v.name}.penalty.markers: {v.penalty.markers} not found.")
       source = v.quant.calibration.source if v.quant is not None else None
-      if source is not None and source != "gsm8k" and not Path(source).expanduser().is_file():
+      if (source not in (None, "gsm8k", "self_traces")
+          and not Path(source).expanduser().is_file()):
         raise ConfigError(f"variants.{v.name}.quant.calibration.source: {source} not found.")

@@ -37,6 +37,7 @@ from jaxthink.models import Pretrained, load_pretrained
 from jaxthink.models.tokenizer import token_char_offsets
 from jaxthink.quant import load_quantized
 from jaxthink.quant.cache import QuantCache, default_cache_dir
+from jaxthink.quant.self_traces import resolve_self_traces
 
 # Per-token buffers saved for each response (DecodeResult field -> side-file name).
 _BUFFERS = {"tokens": "token_ids", "entropy": "entropy_quant", "log_prob": "logprobs",
@@ -117,6 +118,8 @@ def _base_policy(variant, reference, cfg, mesh, cache):
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
     return (quantized.model, quantized.params), spec
   spec = cfg.quant_spec(variant)
+  if spec is not None:  # one set of self traces per run directory, shared by its variants
+    spec = resolve_self_traces(spec, reference, cfg.output_dir)
   if spec is None:
     return (reference.model, reference.params), None
   # Round to nearest needs no calibration text (it would only feed the error report).

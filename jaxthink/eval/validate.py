@@ -23,6 +23,7 @@ from jaxthink.models.config import CheckpointError, ModelConfig, UnsupportedMode
 from jaxthink.models.hf_io import check_checkpoint
 from jaxthink.models.tokenizer import load_tokenizer, reasoning_prompt
 from jaxthink.quant.calibrate import calibration_data
+from jaxthink.quant.self_traces import trace_problems
 from jaxthink.quant.checkpoint import read_quantized_meta
 from jaxthink.quant.spec import QuantConfigError
 
@@ -113,8 +114,11 @@ def _check_quantization(cfg: EvalConfig, tokenizer, model_config: ModelConfig) -
     except QuantConfigError as e:
       raise ConfigError(f"variants.{v.name}.quant: {e}") from e
     if spec.needs_calibration and spec.calibration not in checked:
-      try:
-        calibration_data(tokenizer, spec.calibration)
+      try:  # self traces are written when the run starts: here, only their problems are read
+        if spec.calibration.source == "self_traces":
+          trace_problems(spec.calibration)
+        else:
+          calibration_data(tokenizer, spec.calibration)
       except QuantConfigError as e:
         raise ConfigError(f"variants.{v.name}.quant.calibration: {e}") from e
       checked.add(spec.calibration)

@@ -60,6 +60,10 @@ class CalibrationData:
 
 def read_texts(spec: CalibrationSpec) -> list[str]:
   """The calibration documents of `spec.source` (see `CalibrationSpec`), non-empty ones only."""
+  if spec.source == "self_traces":
+    raise QuantConfigError("calibration source 'self_traces' is written by the float model first: "
+                           "resolve it with jaxthink.quant.self_traces.resolve_self_traces(spec, "
+                           "model, directory) (eval runs and `python -m jaxthink.quantize` do).")
   if spec.source == "gsm8k":
     from jaxthink.data.benchmarks import BenchmarkDataError, read_problems  # noqa: PLC0415
     try:  # the train split's file only (not through tfds, which reads every split)

@@ -72,13 +72,20 @@ class CalibrationSpec:
   """Where calibration text comes from and how much of it is used.
 
   `source`: "gsm8k" (train-split solutions read through `jaxthink.data.benchmarks`, from
-  `data_dir`; None: the GSM8K train split shipped with jaxthink), or the path of a `.jsonl` file (field `text_field` of every row) or of a plain
-  text file. The text is tokenized, concatenated and cut into `num_samples` windows of `seq_len`
-  tokens, plus `heldout_samples` further windows that only measure the result.
+  `data_dir`; None: the GSM8K train split shipped with jaxthink); "self_traces" (the float model's
+  own reasoning, as the studies calibrate: one sampled trace of up to `trace_tokens` tokens for
+  each of the first `num_traces` train-split problems of benchmark `traces_from`, generated once
+  into the run or checkpoint directory, `jaxthink.quant.self_traces`); or the path of a `.jsonl`
+  file (field `text_field` of every row) or of a plain text file. The text is tokenized,
+  concatenated and cut into `num_samples` windows of `seq_len` tokens, plus `heldout_samples`
+  further windows that only measure the result.
   """
 
-  source: str = path_field("gsm8k", keywords=("gsm8k",))
+  source: str = path_field("gsm8k", keywords=("gsm8k", "self_traces"))
   data_dir: str | None = path_field(None)
+  traces_from: str = "gsm8k"
+  num_traces: int = 128
+  trace_tokens: int = 2048
   text_field: str = "text"
   num_samples: int = 128
   seq_len: int = 512
@@ -87,7 +94,7 @@ class CalibrationSpec:
   seed: int = 0
 
   def __post_init__(self):
-    for name in ("num_samples", "seq_len", "batch_size"):
+    for name in ("num_samples", "seq_len", "batch_size", "num_traces", "trace_tokens"):
       if getattr(self, name) < 1:
         raise QuantConfigError(f"calibration.{name} must be >= 1, got {getattr(self, name)}.")
     if self.heldout_samples < 0:

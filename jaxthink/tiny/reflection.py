@@ -18,7 +18,11 @@ factor. On a step of hardness h the solution
   "Wait, let me check: <another way>. Yes, a op b = c.", sometimes chained ("Alternatively, ...");
 - after the candidate answer ("So the answer is N."), re-derives the whole computation with
   probability min(max_recheck, recheck_per_hardness · Σh) (always after an uncaught slip) and
-  either confirms it or replaces it: "That gives N, not W. So the answer is N."
+  either confirms it or replaces it: "That gives N, not W. So the answer is N." With
+  talk_out_per_hardness > 0 the re-derivation of a right answer can itself slip at the last step
+  (probability min(max_slip, talk_out_per_hardness · h)), and the solution trusts it: "That gives
+  W, not N. So the answer is W." — a right answer talked out of, as real reasoning traces
+  sometimes do.
 
 The other way to do a step is a real computation: a sum by tens then ones, a difference by adding
 back, a product by tens and ones, a quotient by multiplying back. A model that re-derives wrongly
@@ -51,12 +55,22 @@ class Reflection:
   chain: float = 0.4
   recheck_per_hardness: float = 0.1
   max_recheck: float = 0.6
+  talk_out_per_hardness: float = 0.0
 
   def __post_init__(self):
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if not 0.0 <= value <= 1.0:
         raise ValueError(f"Reflection.{field.name} must be in [0, 1], got {value}")
+
+
+# Reflection designs by name (`jaxthink.tiny.train --reflection`): `organism`, the committed model
+# organism's; `overturning`, more final re-checks, which can talk a right answer out of itself.
+REFLECTIONS = {
+    "organism": Reflection(),
+    "overturning": Reflection(recheck_per_hardness=0.2, max_recheck=0.8,
+                              talk_out_per_hardness=0.15),
+}
 
 
 def _digits(n: int) -> list[int]:
@@ -122,9 +136,10 @@ def weighted_choice(rng: np.random.Generator, options: Sequence[tuple[str, float
 
 
 def reflective_lines(rng: np.random.Generator, lines: Sequence[tuple[str, Equation | None]],
-                     conclusion: Callable[[int], str], cfg: Reflection) -> list[str]:
+                     conclusion: Callable[[int], str], cfg: Reflection) -> tuple[list[str], int]:
   """The thinking's lines for solution `lines` — (text with an "{eq}" slot, its equation), or a
-  remark (text, None) — ending with `conclusion(answer)` and the final re-check, if any."""
+  remark (text, None) — ending with `conclusion(answer)` and the final re-check, if any; and the
+  answer the solution ends on (the right one unless a re-check talked it out of it)."""
   eqs = [eq for _, eq in lines if eq is not None]
   last = max(k for k, (_, eq) in enumerate(lines) if eq is not None)
   texts, uncaught = [], None
@@ -160,10 +175,18 @@ def reflective_lines(rng: np.random.Generator, lines: Sequence[tuple[str, Equati
   texts.append(conclusion(answer if uncaught is None else uncaught))
   total = sum(hardness(*eq) for eq in eqs)
   if uncaught is not None or rng.random() < min(cfg.max_recheck, cfg.recheck_per_hardness * total):
-    steps = ", ".join(equation_text(*eq) for eq in eqs)
-    recompute = f"{weighted_choice(rng, RECHECK_OPENERS)} {steps}."
+    redone = [equation_text(*eq) for eq in eqs]
+    # Drawn only when talking out is on, so solutions without it keep their random stream.
+    if (uncaught is None and cfg.talk_out_per_hardness > 0 and rng.random()
+        < min(cfg.max_slip, cfg.talk_out_per_hardness * hardness(*eqs[-1]))):
+      final = near_miss(rng, answer)
+      redone[-1] = equation_text(*eqs[-1][:3], final)
+      texts.append(f"{weighted_choice(rng, RECHECK_OPENERS)} {', '.join(redone)}. "
+                   f"That gives {final}, not {answer}. So the answer is {final}.")
+      return texts, final
+    recompute = f"{weighted_choice(rng, RECHECK_OPENERS)} {', '.join(redone)}."
     if uncaught is None:
       texts.append(f"{recompute} Yes, the answer is {answer}.")
     else:
       texts.append(f"{recompute} That gives {answer}, not {uncaught}. So the answer is {answer}.")
-  return texts
+  return texts, answer

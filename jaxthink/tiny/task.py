@@ -253,12 +253,12 @@ def _render(rng: np.random.Generator, start: int, ops: tuple[Op, ...], d: Diffic
   # the overthinking analysis sees it as an intermediate candidate answer.
   conclusion = lambda v: f"So {name} has {v} {item} now. So the answer is {v}."
   if reflection is None:
-    texts = _checked_lines(rng, lines, check) + [conclusion(value)]
+    texts, final = _checked_lines(rng, lines, check) + [conclusion(value)], value
   else:
-    texts = reflective_lines(rng, lines, conclusion, reflection)
+    texts, final = reflective_lines(rng, lines, conclusion, reflection)
   texts[0] = f"{name} has {start} {item}. {texts[0]}"
   solution = ("<think>\n" + "\n".join(texts) + "\n</think>\n\n"
-              + f"The answer is \\boxed{{{value}}}.")
+              + f"The answer is \\boxed{{{final}}}.")
   return " ".join(sentences), solution
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from jaxthink.eval.config import COMMITTED
 from jaxthink.models import Decoder, ModelConfig, init_params, reasoning_prompt, save_pretrained
 from jaxthink.models.decoder import positions_from_mask
-from jaxthink.tiny.reflection import Reflection
+from jaxthink.tiny.reflection import REFLECTIONS
 from jaxthink.tiny.task import generate_problems, write_jsonl
 from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
 
@@ -37,7 +37,8 @@ from jaxthink.tiny.tokenizer import corpus_texts, train_tokenizer
 class TrainConfig:
   seed: int = 0
   difficulty: int = 2
-  reflective: bool = True  # solutions hesitate and re-check (jaxthink.tiny.reflection)
+  # How solutions hesitate and re-check: a name in jaxthink.tiny.reflection.REFLECTIONS, or "none".
+  reflection: str = "organism"
   train_problems: int = 40000
   vocab_size: int = 1024
   hidden_size: int = 256
@@ -54,13 +55,18 @@ class TrainConfig:
   warmup_steps: int = 150
   weight_decay: float = 0.01
 
+  def __post_init__(self):
+    if self.reflection != "none" and self.reflection not in REFLECTIONS:
+      raise ValueError(f"unknown reflection {self.reflection!r}; use 'none' or one of "
+                       f"{sorted(REFLECTIONS)}")
+
 
 # The committed models (`jaxthink.eval.config.COMMITTED`, written where they are committed):
 # `embedded`, the small model (difficulty 1, one self-check at most); `organism`, the defaults, a
 # model organism of reflection (difficulty 2, reflective solutions).
 PRESETS = {
     "organism": TrainConfig(),
-    "embedded": TrainConfig(difficulty=1, reflective=False, train_problems=20000, hidden_size=192,
+    "embedded": TrainConfig(difficulty=1, reflection="none", train_problems=20000, hidden_size=192,
                             intermediate_size=512, num_layers=3, num_heads=6, max_len=256,
                             steps=2000),
 }
@@ -131,7 +137,7 @@ def train_step(model, optimizer, params, opt_state, tokens, loss_mask):
 def train_problems(cfg: TrainConfig, n: int):
   """The first `n` problems of the train split, with solutions as the model learns them."""
   return generate_problems("train", n, cfg.seed, cfg.difficulty,
-                           reflection=Reflection() if cfg.reflective else None)
+                           reflection=REFLECTIONS.get(cfg.reflection))
 
 
 def train(cfg: TrainConfig, out_dir: Path) -> dict:
@@ -173,7 +179,7 @@ def write_task_data(cfg: TrainConfig, data_dir: Path) -> None:
   the ones trained on."""
   write_jsonl(data_dir / "tiny" / "test.jsonl",
               generate_problems("test", cfg.test_problems, cfg.seed, cfg.difficulty,
-                                check_fraction=0.0 if cfg.reflective else 0.3))
+                                check_fraction=0.0 if cfg.reflection != "none" else 0.3))
   extra = train_problems(cfg, cfg.train_problems + cfg.calibration_problems)[cfg.train_problems:]
   with (data_dir / "calibration.jsonl").open("w", encoding="utf-8") as f:
     for ex in extra:
