@@ -15,11 +15,13 @@ All on the embedded tiny model (float32) unless said, measured side by side in o
    served decode step time of asymmetric vs symmetric int4 (greedy, batch 8, one compiled loop).
 4. W4A4 (per-token int4 activations): plain vs Hadamard rotation vs learned FlatQuant-style
    transforms: mean per-layer error and whole-model KL.
+5. W4A4KV4: the same three with an int4 KV cache, keys and values stored as they are or rotated
+   per head first (`kv_rotation`): whole-model KL with every position reading the int4 cache.
 
 The last line is one JSON object: `w3_asym_vs_sym_layer_error` (mean per-layer error ratio,
 asym / sym, GPTQ w3 g128 on the 0.5B-shaped block), `w4a4_flatquant_vs_plain_kl` and the rest.
 
-  python benchmarks/quant_fidelity.py [--only layers,block,kl,cost,w4a4] [--traces FILE]
+  python benchmarks/quant_fidelity.py [--only layers,block,kl,cost,w4a4,kv4] [--traces FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from jaxthink.models.config import ModelConfig
 from jaxthink.models.hf_io import init_params
 from jaxthink.quant import (CalibrationData, CalibrationSpec, QuantSpec, calibration_data,
                             quantize)
+from jaxthink.quant.metrics import mean_token_kl
 from jaxthink.quant.self_traces import write_self_traces
 from jaxthink.tiny import generate_problems
 from quant_serving import decode_step_seconds  # the same timer (benchmarks/ is on sys.path)
@@ -174,9 +177,26 @@ def w4a4_table(model, data, steps: int) -> dict:
   return out
 
 
+def kv4_table(model, data, steps: int) -> dict:
+  print("\n5. W4A4KV4: whole-model KL to float, every position reading the int4 KV cache")
+  print(f"{'transform':>10} {'KV as is':>10} {'KV rotated':>10} {'ratio':>7}")
+  out = {}
+  for method in ("rtn", "hadamard", "flatquant"):
+    kls = []
+    for rotation in (False, True):
+      spec = QuantSpec("w4a4", method, kv_bits=4, kv_rotation=rotation, transform_steps=steps)
+      quantized, params, _ = quantize(model.config, model.params, spec, data)
+      kls.append(mean_token_kl(model.model, model.params, quantized, params, data.heldout,
+                               kv_bits=4))
+    out[method] = {"kl": kls[0], "kl_kv_rotated": kls[1]}
+    name = "plain" if method == "rtn" else method
+    print(f"{name:>10} {kls[0]:10.4f} {kls[1]:10.4f} {kls[1] / kls[0]:7.3f}")
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--only", default="layers,block,kl,cost,w4a4",
+  parser.add_argument("--only", default="layers,block,kl,cost,w4a4,kv4",
                       help="comma-separated sections to run (the JSON holds null for the rest)")
   parser.add_argument("--traces", type=Path, default=Path("runs/quant_fidelity/self_traces.jsonl"),
                       help="self-trace cache (reused when it exists)")
@@ -193,6 +213,7 @@ def main():
   kls = run("kl", kl_table, model, datasets)
   cost = run("cost", cost_table, model, task)
   w4a4 = run("w4a4", w4a4_table, model, task, 150)
+  kv4 = run("kv4", kv4_table, model, task, 150)
   ratio = lambda m: None if w4a4 is None else w4a4[m]["kl"] / w4a4["rtn"]["kl"]
   result = {
       "w3_asym_vs_sym_layer_error": block_ratios[3],
@@ -203,6 +224,9 @@ def main():
       "w4a4_flatquant_vs_plain_kl": ratio("flatquant"),
       "w4a4_hadamard_vs_plain_kl": ratio("hadamard"),
       "w4a4": w4a4,
+      "w4a4kv4_flatquant_kv_rotated_vs_plain_kl": None if kv4 is None else (
+          kv4["flatquant"]["kl_kv_rotated"] / kv4["rtn"]["kl"]),
+      "w4a4kv4": kv4,
   }
   print(json.dumps(result))
 

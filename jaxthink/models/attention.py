@@ -195,6 +195,12 @@ class Attention(nn.Module):
       k = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name="k_norm")(k)
     q = apply_rope(q, positions, self.inv_freq)
     k = apply_rope(k, positions, self.inv_freq)
+    if getattr(self.quant, "kv_rotation", False):
+      # An orthogonal rotation of queries and keys keeps q k^T and spreads the keys' outlier
+      # channels before the quantized cache (the values' rotation is folded into the weights).
+      rotation = jnp.asarray(self.quant.kv_rotation_matrix(cfg.head_dim), self.dtype)
+      q = jnp.matmul(q, rotation, precision=jax.lax.Precision.HIGHEST)
+      k = jnp.matmul(k, rotation, precision=jax.lax.Precision.HIGHEST)
     q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
 
     if kv is None:

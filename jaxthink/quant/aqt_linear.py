@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from aqt.jax.v2 import aqt_dot_general, calibration, tiled_dot_general
 from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2.flax import aqt_flax
@@ -109,6 +110,7 @@ class QuantRules:
   rules: tuple[LayerRule, ...] = (LayerRule(r".*"),)
   symmetric: bool = True
   transform: bool = False
+  kv_rotation: bool = False  # attention rotates queries and keys (`kv_rotation_matrix`)
 
   @classmethod
   def from_spec(cls, spec: QuantSpec) -> "QuantRules | None":
@@ -116,7 +118,12 @@ class QuantRules:
     if spec.weight_bits is None:
       return None
     return cls(spec.weight_bits, spec.act_bits, spec.resolved_group_size(), spec.rules,
-               spec.resolved_symmetric(), spec.method in TRANSFORMS)
+               spec.resolved_symmetric(), spec.method in TRANSFORMS, spec.resolved_kv_rotation())
+
+  @staticmethod
+  def kv_rotation_matrix(head_dim: int) -> np.ndarray:
+    """The orthogonal `[head_dim, head_dim]` rotation of keys and values (a Hadamard matrix)."""
+    return np.kron(*flatquant.hadamard_factors(head_dim))  # numpy: a constant inside a trace
 
   def for_layer(self, name: str) -> "QuantRules":
     del name  # rules match the full path, known only inside the layer (`dot`)

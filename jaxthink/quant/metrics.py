@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxthink.decode.stats import kl_divergence, log_probs
 from jaxthink.models.decoder import Decoder
+from jaxthink.models.kv_cache import init_kv_cache
 from jaxthink.models.pretrained import sequence_logits
 from jaxthink.quant import zero_point
 
@@ -58,18 +59,32 @@ def weight_bytes(params: Any) -> dict[str, float]:
 
 
 def mean_token_kl(reference: Decoder, reference_params: Any, model: Decoder, params: Any,
-                  tokens: np.ndarray, batch_size: int = 8) -> float:
+                  tokens: np.ndarray, batch_size: int = 8, kv_bits: int | None = None) -> float:
   """Mean over all positions of `KL(p_reference || p_model)` of the next-token distributions
-  (float32), on unpadded windows `tokens` `[samples, seq]`."""
+  (float32), on unpadded windows `tokens` `[samples, seq]`. With `kv_bits`, the model reads its
+  keys and values back from an integer cache of that width (as it decodes)."""
   total, count = 0.0, 0
   for start in range(0, tokens.shape[0], batch_size):
     batch = jnp.asarray(tokens[start:start + batch_size], jnp.int32)
     mask = jnp.ones(batch.shape, jnp.bool_)
-    kl = _kl(sequence_logits(reference, reference_params, batch, mask),
-             sequence_logits(model, params, batch, mask))
+    logits = (sequence_logits(model, params, batch, mask) if kv_bits is None
+              else cached_logits(model, params, batch, kv_bits))
+    kl = _kl(sequence_logits(reference, reference_params, batch, mask), logits)
     total += float(jnp.sum(kl))
     count += kl.size
   return total / count
+
+
+def cached_logits(model: Decoder, params: Any, tokens: jax.Array,
+                  kv_bits: int | None) -> jax.Array:
+  """Logits `[batch, seq, vocab]` of unpadded `tokens` `[batch, seq]` in one pass through an
+  empty cache of `kv_bits` (float32 for None): every query attends to the keys and values as the
+  cache holds them."""
+  cache = init_kv_cache(model.config, tokens.shape[0], tokens.shape[1], jnp.float32, kv_bits)
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  logits, _ = model.apply({"params": params}, tokens, positions, jnp.ones(tokens.shape, bool),
+                          kv_cache=cache)
+  return logits
 
 
 @jax.jit

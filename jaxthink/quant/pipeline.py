@@ -193,7 +193,8 @@ def _quantize_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
     if stats[key].heldout.shape[0]:
       t.info[n]["heldout_rel_error"] = float(_heldout_error(
           r, dtype, weights, t.stats[key].heldout, stats[key].heldout,
-          jnp.asarray(block[SCOPE[n]][n]["kernel"], jnp.float32), jnp.asarray(out_scale)))
+          jnp.asarray(t.reference.get(n, block[SCOPE[n]][n]["kernel"]), jnp.float32),
+          jnp.asarray(out_scale)))
   return out, t.info
 
 
@@ -208,6 +209,9 @@ class BlockTransform:
   out_scale: dict[str, jax.Array]  # per output channel: the factor folding divided it by
   info: dict[str, dict[str, Any]]  # report entries per linear
   online: dict[str, Any] = dataclasses.field(default_factory=dict)  # served `flat` transforms
+  # Float kernels in the served layer's output coordinates where they differ from the block's
+  # (v_proj under kv_rotation), for the held-out error.
+  reference: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, index: int,
@@ -220,6 +224,8 @@ def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
       stats=stats, bounds={}, rules={n: rules.layer(f"layers_{index}/{SCOPE[n]}/{n}")
                                      for n in SCOPE},
       out_scale={}, info={n: {} for n in SCOPE})
+  if rules.kv_rotation:
+    raw = _rotate_values(t, config, raw)
   if spec.method == "smoothquant":
     _smooth(t, spec)
   elif spec.method == "awq":
@@ -227,6 +233,33 @@ def transform_block(spec: QuantSpec, rules: QuantRules, config: ModelConfig, ind
   elif spec.method in TRANSFORMS:
     _transform(t, spec, raw)
   return t
+
+
+def _rotate_values(t: BlockTransform, config: ModelConfig,
+                   raw: dict[str, jax.Array] | None) -> dict[str, jax.Array] | None:
+  """Folds the values' per-head rotation `R` (`QuantRules.kv_rotation_matrix`) into the block:
+  v_proj writes `v R` (what the cache stores), o_proj reads `o R` (its rows per head `R^T W`), so
+  the block's function is unchanged. Returns `raw` with the o_proj inputs rotated; the o_proj
+  input statistics are rotated in place."""
+  r = jnp.asarray(QuantRules.kv_rotation_matrix(config.head_dim))
+  attn, d = t.params["self_attn"], config.head_dim
+  v = attn["v_proj"]
+  t.reference["v_proj"] = v["kernel"] = jnp.einsum(
+      "ikd,de->ike", v["kernel"].reshape(v["kernel"].shape[0], -1, d), r,
+      precision=_HP).reshape(v["kernel"].shape)
+  if "bias" in v:
+    v["bias"] = jnp.dot(v["bias"].reshape(-1, d), r, precision=_HP).reshape(-1)
+  o = attn["o_proj"]["kernel"]
+  attn["o_proj"]["kernel"] = jnp.einsum("de,hdo->heo", r, o.reshape(-1, d, o.shape[-1]),
+                                        precision=_HP).reshape(o.shape)
+  rotate = lambda x: jnp.dot(x.reshape(x.shape[:-1] + (-1, d)), r,
+                             precision=_HP).reshape(x.shape)  # o R, head by head
+  if t.stats is not None:
+    t.stats = dict(t.stats)
+    st = t.stats["o_in"]
+    gram = rotate(rotate(st.gram).T).T  # B^T G B with B = diag(R, ..., R)
+    t.stats["o_in"] = dataclasses.replace(st, gram=gram, heldout=rotate(st.heldout))
+  return None if raw is None else {**raw, "o_in": rotate(raw["o_in"])}
 
 
 def _same_integers(frozen: Any, q: jax.Array) -> bool:

@@ -129,6 +129,10 @@ class QuantSpec:
     smooth_alpha: SmoothQuant migration strength.
     transform_steps / transform_lr / transform_tokens: FlatQuant's AdamW steps, learning rate
       and calibration tokens per linear input (`jaxthink.quant.flatquant`).
+    kv_rotation: rotate keys and values by a Hadamard matrix per head before the quantized cache
+      (QuaRot / FlatQuant's KV4: the values' rotation folded into v_proj and o_proj, the keys'
+      applied to queries and keys after RoPE, so the float model is unchanged). None (default):
+      on for `hadamard` / `flatquant` with `kv_bits`, off otherwise.
   """
 
   scheme: str = "w4a16"
@@ -148,6 +152,7 @@ class QuantSpec:
   transform_steps: int = 150
   transform_lr: float = 5e-3
   transform_tokens: int = 4096
+  kv_rotation: bool | None = None
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:
@@ -174,6 +179,11 @@ class QuantSpec:
           f"symmetric: false (zero-point weights) is for weight-only schemes (w8a16, w4a16, "
           f"w3a16), not {self.scheme!r}: its int x int product needs symmetric weights. Drop "
           "`symmetric` or use a weight-only scheme.")
+    if self.kv_rotation and (self.kv_bits is None or self.weight_bits is None
+                             or self.method in ("awq", "smoothquant")):
+      raise QuantConfigError("kv_rotation: true rotates keys and values before a quantized cache: "
+                             "set kv_bits (8 or 4) and a weight scheme, with a method other than "
+                             "awq / smoothquant (their scales fold into v_proj), or drop it.")
     if not self.rules:
       raise QuantConfigError("rules is empty: no layer would be quantized. Use the default "
                              "[{pattern: '.*'}] to quantize every linear of the blocks.")
@@ -201,6 +211,13 @@ class QuantSpec:
       return self.symmetric
     return not (self.method in ("gptq", "awq") and self.act_bits is None
                 and self.weight_bits in (3, 4))
+
+  def resolved_kv_rotation(self) -> bool:
+    """Whether keys and values are rotated before the cache: the explicit `kv_rotation`, else on
+    for the transform methods with a quantized cache."""
+    if self.kv_rotation is not None:
+      return self.kv_rotation
+    return self.method in TRANSFORMS and self.kv_bits is not None
 
   @property
   def needs_calibration(self) -> bool:
