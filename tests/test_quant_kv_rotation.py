@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from jaxthink.finetune.adapters import AdapterSpec, adapted, init_adapters, with_adapters
 from jaxthink.models.kv_cache import init_kv_cache
 from jaxthink.models.pretrained import sequence_logits
 from jaxthink.quant import LayerRule, QuantConfigError, QuantSpec, quantize
-from jaxthink.quant.metrics import mean_token_kl
+from jaxthink.quant.metrics import cached_logits, mean_token_kl
 from test_quant_zero_point import embedded
 
 
@@ -66,3 +67,17 @@ def test_rotation_is_refused_where_it_cannot_apply():
     QuantSpec("w4a16", "awq", kv_bits=4, kv_rotation=True)
   assert QuantSpec("w4a4", "flatquant", kv_bits=4).resolved_kv_rotation()
   assert not QuantSpec("w4a4", "rtn", kv_bits=4).resolved_kv_rotation()
+
+
+def test_adapters_keep_the_rotation():
+  """A quantized model with zero-initialised adapters reads the same int4 cache: the adapter
+  rules pass the base's key rotation on (without it the keys would be quantized unrotated)."""
+  model, data = embedded()
+  quantized, params, _ = quantize(model.config, model.params,
+                                  QuantSpec("w8a8", "rtn", kv_bits=4, kv_rotation=True))
+  spec = AdapterSpec(rank=4)
+  tuned = adapted(quantized, spec)
+  tuned_params = with_adapters(params, init_adapters(model.config, spec))
+  tokens = jnp.asarray(data.heldout[:2, :64])
+  np.testing.assert_allclose(cached_logits(tuned, tuned_params, tokens, 4),
+                             cached_logits(quantized, params, tokens, 4), atol=1e-5)

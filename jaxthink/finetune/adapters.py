@@ -108,6 +108,13 @@ class LoraRules:
     del name  # the full path is known only inside the layer (`dot`)
     return self
 
+  @property
+  def kv_rotation(self) -> bool:  # the base's rotated keys and values (`QuantRules`) are kept
+    return getattr(self.base, "kv_rotation", False)
+
+  def kv_rotation_matrix(self, head_dim: int):
+    return self.base.kv_rotation_matrix(head_dim)
+
   def dot(self, module: nn.Module, x: jax.Array, features: int) -> jax.Array:
     """`x` `[..., in]` -> base product + `(alpha / r) · (x A) B`, `[..., features]`."""
     y = None
