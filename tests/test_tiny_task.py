@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from jaxthink.data.markers import load_markers
 from jaxthink.models.tokenizer import reasoning_prompt
-from jaxthink.tiny import (DIFFICULTIES, Reflection, corpus_texts, generate_problems, hardness,
-                           train_tokenizer, write_jsonl)
+from jaxthink.tiny import (DIFFICULTIES, REFLECTIONS, Reflection, corpus_texts, generate_problems,
+                           hardness, train_tokenizer, write_jsonl)
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 SOLUTION = re.compile(r"<think>\n(.+)\n</think>\n\nThe answer is \\boxed\{(\d+)\}\.", re.DOTALL)
@@ -201,6 +201,27 @@ def test_reflective_solutions_check_out():
     n_checked += "Yes" in body
   assert n_slips > 20 and 0 < n_uncaught < n_slips and n_checked > 40, (n_slips, n_uncaught,
                                                                          n_checked)
+
+
+def test_overturning_reflection_talks_some_right_answers_out():
+  """With `overturning`, some final re-checks slip at the last step and the solution trusts them:
+  the thinking states the right answer, re-derives it wrongly (one false equation, a near miss of
+  the right result) and boxes that near miss. Every other solution boxes the right answer."""
+  examples = generate_problems("train", 400, seed=5, difficulty=2,
+                               reflection=REFLECTIONS["overturning"])
+  overturned = 0
+  for ex in examples:
+    body, boxed = SOLUTION.fullmatch(ex.solution).groups()
+    if boxed == ex.answer:
+      continue
+    overturned += 1
+    assert f"So the answer is {ex.answer}." in body, ex.solution
+    assert body.endswith(f"That gives {boxed}, not {ex.answer}. So the answer is {boxed}."), body
+    false = [c for c in reflective_claims(body) if not true_equation(*c[:4])]
+    assert [c[3] for c in false] == [int(boxed)] and abs(int(boxed) - int(ex.answer)) in (1, 2, 10)
+  assert 0.01 < overturned / len(examples) < 0.1, overturned
+  assert all(SOLUTION.fullmatch(ex.solution).group(2) == ex.answer for ex in generate_problems(
+      "train", 400, seed=5, difficulty=2, reflection=REFLECTIONS["organism"]))
 
 
 def test_reflection_rates_follow_hardness():
