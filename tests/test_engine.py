@@ -84,6 +84,24 @@ def test_drain_halves_the_rows_as_they_finish(models):
   assert [r.sequences()[0] for r in results] == static.sequences()
 
 
+def test_slots_stay_busy_on_long_tailed_budgets(models):
+  """32 slots, 192 requests with lognormal budgets (the study's shape, cap 128): while requests
+  wait at least 95% of the slot-steps are useful, and the drain (rows halved down to 8) keeps the
+  whole run at 80% or more. Counted in tokens, not timed. Refilling only when a whole prefill
+  group of 8 is free, with no drain below 32 rows, gave 89% / 60% on the benchmark's workload."""
+  _, quant, _ = models
+  rng = np.random.default_rng(1)
+  budgets = np.clip(np.round(rng.lognormal(np.log(128 / 6) - 0.5, 1.0, 192)), 1, 128)
+  reqs = [Request([5, 9, 11], int(b), seed=i) for i, b in enumerate(budgets)]
+  engine = Engine((quant.model, quant.params), slots=32, max_new_tokens=128, eos_ids=())
+  results = engine.run(reqs)
+  assert [int(r.lengths[0]) for r in results] == budgets.astype(int).tolist()
+  stats = engine.stats
+  print(f"\nslot utilisation {stats.utilisation_waiting:.1%} while waiting, "
+        f"{stats.utilisation_overall:.1%} overall; {stats.host_returns} returns to the host")
+  assert stats.utilisation_waiting >= 0.95 and stats.utilisation_overall >= 0.8
+
+
 def test_requests_enter_in_prefill_groups(models, monkeypatch):
   """Prefill groups of two in four slots: the first four requests enter as two groups; then two
   rows free at once while one request waits, so a group is padded (greedy tokens equal the static

@@ -87,12 +87,14 @@ class EngineStats:
 # saves little: a prefill of 8 short prompts or a decode step of 32 rows reads the weights once,
 # about what one row costs on an accelerator (finished rows visit no KV). So entering requests are
 # prefilled in groups of PREFILL_ROWS, all padded to the stream's prompt bucket, and the drain
-# stops halving at DRAIN_FLOOR rows (default).
-# While requests wait, the loop returns when a whole group's rows are free: refilling row by row
-# would prefill a padded group for each request (3.5x the prompt tokens on the demo), while
-# waiting for the group idles (PREFILL_ROWS - 1) / 2 rows on average (~5% of 64 slots).
+# halves the rows down to slots / DRAIN_SHARE (default: two halvings, two more decode programs).
+# While requests wait, the loop returns when slots / REFILL_SHARE rows are done (at least one, at
+# most a group): returning at every row prefills a padded group per request (3.5x the prompt
+# tokens on the demo), waiting for a whole group of 8 idles 3.5 rows on average (11% of 32 slots);
+# at slots / 16 the idle rows are ~3% of the slots and a group holds two or more requests.
 PREFILL_ROWS = 8
-DRAIN_FLOOR = 32
+REFILL_SHARE = 16
+DRAIN_SHARE = 4
 
 
 class Engine:
@@ -104,7 +106,7 @@ class Engine:
     sync_every: the loop also returns to the host after this many steps (None: only when a
       prefill group's rows are free while requests wait).
     shrink_drain: once the queue is empty, halve the slot count whenever half the rows are done
-      (down to `drain_floor` rows).
+      (down to `drain_floor` rows; None: slots / DRAIN_SHARE).
   """
 
   def __init__(self, policy, *, slots: int, max_new_tokens: int, sampling: Sampling = Sampling(),
@@ -112,7 +114,7 @@ class Engine:
                eos_ids: Sequence[int] | None = None, pad_id: int | None = None,
                kv_bits: int | None = None, cache_dtype: Any = None, mesh: Mesh | None = None,
                sync_every: int | None = None, shrink_drain: bool = True,
-               drain_floor: int = DRAIN_FLOOR):
+               drain_floor: int | None = None):
     if slots < 1 or slots != padded_batch_size(slots, mesh):
       raise ValueError(f"slots={slots} must be a positive multiple of the mesh's 'data' axis.")
     self.spec, self.params, self.ref_params = loop_setup(
@@ -120,7 +122,8 @@ class Engine:
         eos_ids=eos_ids, pad_id=pad_id, kv_bits=kv_bits, cache_dtype=cache_dtype, mesh=mesh)
     config = self.spec.policy.config
     self.slots, self.mesh = slots, mesh
-    self.shrink_drain, self.drain_floor = shrink_drain, max(drain_floor, 1)
+    self.shrink_drain = shrink_drain
+    self.drain_floor = max(slots // DRAIN_SHARE if drain_floor is None else drain_floor, 1)
     self.sync_every = int(sync_every or max_new_tokens)
     self.vocab_size = config.vocab_size
     self.penalty = penalty.arrays(config.vocab_size)
@@ -204,10 +207,11 @@ class Engine:
     return padded_batch_size(min(PREFILL_ROWS, self.slots), self.mesh)
 
   def _return_at_done(self, width: int, queued: int) -> int:
-    """How many done rows bring the loop back to the host: a prefill group's worth while requests
-    wait (fewer when fewer wait), enough to halve the rows in the drain, else all of them."""
+    """How many done rows bring the loop back to the host: slots / REFILL_SHARE (1 to a prefill
+    group) while requests wait (fewer when fewer wait), enough to halve the rows in the drain,
+    else all of them."""
     if queued:
-      return min(self._group_width(), queued)
+      return min(max(self.slots // REFILL_SHARE, 1), self._group_width(), queued)
     half = width // 2
     if self.shrink_drain and self._can_shrink_to(half):
       return width - half
