@@ -103,8 +103,8 @@ class Engine:
   Args (the rest as in `jaxthink.decode.generate`):
     slots: decode rows (a multiple of the mesh's 'data' axis).
     max_new_tokens: the largest budget a request may have (sizes the per-row buffers).
-    sync_every: the loop also returns to the host after this many steps (None: only when a
-      prefill group's rows are free while requests wait).
+    sync_every: the loop also returns to the host after this many steps (None: only when enough
+      rows are done, see `_return_at_done`).
     shrink_drain: once the queue is empty, halve the slot count whenever half the rows are done
       (down to `drain_floor` rows; None: slots / DRAIN_SHARE).
   """
