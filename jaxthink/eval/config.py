@@ -20,7 +20,7 @@ from jaxthink.config import ConfigError, path_field
 from jaxthink.decode.mesh import MeshConfig
 from jaxthink.eval.variants import expand_strength_grids, resolve_control_sources
 from jaxthink.models.tokenizer import DEFAULT_INSTRUCTION
-from jaxthink.quant.spec import QuantSpec
+from jaxthink.quant.spec import CALIBRATION_KEYWORDS, QuantSpec
 
 EMBEDDED = "embedded"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ class EvalConfig:
     """The variant's on-the-fly recipe; GSM8K calibration and self traces read the run's
     data_dir unless the recipe names its own."""
     spec = variant.quant
-    if (spec is None or spec.calibration.source not in ("gsm8k", "self_traces")
+    if (spec is None or spec.calibration.source not in CALIBRATION_KEYWORDS
         or spec.calibration.data_dir is not None):
       return spec
     return dataclasses.replace(spec, calibration=dataclasses.replace(
@@ -237,6 +237,6 @@ class EvalConfig:
       if v.penalty.markers is not None and not Path(v.penalty.markers).expanduser().is_file():
         raise ConfigError(f"variants.{v.name}.penalty.markers: {v.penalty.markers} not found.")
       source = v.quant.calibration.source if v.quant is not None else None
-      if (source not in (None, "gsm8k", "self_traces")
+      if (source is not None and source not in CALIBRATION_KEYWORDS
           and not Path(source).expanduser().is_file()):
         raise ConfigError(f"variants.{v.name}.quant.calibration.source: {source} not found.")

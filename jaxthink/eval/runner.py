@@ -118,10 +118,9 @@ def _base_policy(variant, reference, cfg, mesh, cache):
     quantized, spec, _ = load_quantized(variant.checkpoint, mesh=mesh, tokenizer=False)
     return (quantized.model, quantized.params), spec
   spec = cfg.quant_spec(variant)
-  if spec is not None:  # one set of self traces per run directory, shared by its variants
-    spec = resolve_self_traces(spec, reference, cfg.output_dir)
   if spec is None:
     return (reference.model, reference.params), None
+  spec = resolve_self_traces(spec, reference, cfg.output_dir)  # one set per run directory
   # Round to nearest needs no calibration text (it would only feed the error report).
   tokenizer = None if spec.method == "rtn" else reference.tokenizer
   policy = cache.get(reference, cfg.model.directory, spec, tokenizer=tokenizer, mesh=mesh)

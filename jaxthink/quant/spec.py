@@ -67,6 +67,9 @@ class LayerRule:
     _check_group_size(self.group_size, f"rule {self.pattern!r}: group_size")
 
 
+CALIBRATION_KEYWORDS = ("gsm8k", "self_traces")  # calibration sources that are not file paths
+
+
 @dataclasses.dataclass(frozen=True)
 class CalibrationSpec:
   """Where calibration text comes from and how much of it is used.
@@ -81,7 +84,7 @@ class CalibrationSpec:
   further windows that only measure the result.
   """
 
-  source: str = path_field("gsm8k", keywords=("gsm8k", "self_traces"))
+  source: str = path_field("gsm8k", keywords=CALIBRATION_KEYWORDS)
   data_dir: str | None = path_field(None)
   traces_from: str = "gsm8k"
   num_traces: int = 128
