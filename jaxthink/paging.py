@@ -43,7 +43,7 @@ from jaxthink.sizing import (GiB, STUDY_MODELS, Topology, _split, kv_bytes_per_t
 
 STUDY_CAP = 32768
 STUDY_MEAN_TOKENS = {"bf16": 5200, "w3a16": 23400}  # R1-Distill-Qwen-1.5B, MATH-500
-ENGINE_UTILISATION = 0.937  # the engine's overall slot utilisation, benchmarks/reasoning_workload.py
+ENGINE_UTILISATION = 0.874  # the engine's overall slot utilisation, benchmarks/reasoning_workload.py
 PROMPT_LEN = 512  # prompt slots a row holds (the bucket a study prompt pads to)
 PAGE_SIZE = 64  # tokens per page (as `jaxthink.models.pallas_attention` pages a cache)
 

@@ -219,6 +219,29 @@ def test_bad_requests_are_named(models):
     Engine((quant.model, quant.params), slots=0, max_new_tokens=8)
 
 
+def test_score_pass_trades_rows_for_wider_chunks(models):
+  """The longest of the seven sequences (40 tokens) alone sets the steps of 8 rows x 8 positions
+  (5); 4 rows x 16 take 3 and 2 rows x 32 take 4 (packed by hand), so the pass takes 4 x 16. Its
+  records still equal co-decoding's with `max_len` the longest sequence, which is not a whole
+  number of 16-token chunks (the last chunk must not be written over the one before)."""
+  from jaxthink.decode.score import _layout, score_reference
+  lengths = [n + b for n, b in zip(PROMPT_LENGTHS, BUDGETS)]  # 31 9 40 13 12 32 31
+  rows, chunk, _, steps = _layout(lengths, 8, 8, None)
+  assert (rows, chunk, steps) == (4, 16, 3)
+  assert _layout(lengths, 8, 8, None, halvings=0)[3] == 5
+  _, quant, ref = models
+  reqs = requests()
+  kw = dict(slots=3, max_new_tokens=max(BUDGETS), eos_ids=())
+  codecoded = Engine((quant.model, quant.params), reference=(ref.model, ref.params), **kw).run(reqs)
+  scored = score_reference((quant.model, quant.params), (ref.model, ref.params),
+                           [r.prompt for r in reqs], Engine((quant.model, quant.params), **kw).run(reqs),
+                           chunk=8, rows=16, max_len=max(lengths))
+  for want, got in zip(codecoded, scored):
+    for field in ("kl", "ref_entropy", "ref_log_prob"):
+      np.testing.assert_allclose(getattr(got, field), getattr(want, field), atol=1e-5,
+                                 err_msg=field)
+
+
 @pytest.mark.parametrize("kv_bits,rows", [(None, 16), (8, 2)])
 def test_score_pass_equals_codecoding(models, kv_bits, rows):
   """`reference: score` (a teacher-forced pass after decoding) records what co-decoding does,

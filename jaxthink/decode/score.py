@@ -77,6 +77,23 @@ def _pack(lengths: Sequence[int], rows: int, chunk: int) -> tuple[list[list[int]
   return placed, max(load)
 
 
+def _layout(lengths: Sequence[int], rows: int, chunk: int, mesh: Mesh | None,
+            halvings: int = 2) -> tuple[int, int, list[list[int]], int]:
+  """`(rows, chunk, placement, steps)`: of `rows x chunk`, `rows/2 x 2 chunk` ... (up to
+  `halvings` times; each step scores the same tokens) the one that packs in the fewest steps.
+  A long sequence's chunks run one after another, so when it alone sets the steps fewer, wider
+  rows finish sooner."""
+  best = None
+  for _ in range(halvings + 1):
+    placed, steps = _pack(lengths, rows, chunk)
+    if best is None or steps < best[3]:  # ties keep more rows (narrower chunks)
+      best = (rows, chunk, placed, steps)
+    if rows % 2 or padded_batch_size(rows // 2, mesh) != rows // 2:
+      break
+    rows, chunk = rows // 2, chunk * 2
+  return best
+
+
 def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
                     results: Sequence[DecodeResult], *, kv_bits: int | None = None,
                     cache_dtype: Any = None, chunk: int = 64, rows: int = 16,
@@ -87,14 +104,16 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
 
   The sequences (prompt + response) are packed into `rows` rows, one after another, each from a
   chunk boundary, so long-tailed lengths cost their written tokens (rounded up to `chunk`) and
-  the pass runs until the fullest row ends, not rows x the longest sequence.
+  the pass runs until the fullest row ends, not rows x the longest sequence; when the longest
+  sequence alone sets that, fewer rows of wider chunks take fewer steps (`_layout`).
 
   Args:
     policy, reference: `(Decoder, params)` or `Pretrained`, as in `generate`.
     prompts: the prompt token ids of each result.
     kv_bits / cache_dtype: the policy's cache as it decoded (the reference's is float).
-    chunk: positions per step of the pass (bounds the `[rows, chunk, vocab]` logits).
-    rows: rows of the pass (a multiple of the mesh's 'data' axis; fewer when fewer sequences).
+    chunk: positions per row and step of the pass (`rows x chunk` bounds the logits).
+    rows: rows of the pass (a multiple of the mesh's 'data' axis; fewer when fewer sequences,
+      and half or a quarter as many rows with 2x or 4x the chunk when that takes fewer steps).
     max_len: cache slots per row, at least the longest sequence (default: that, rounded up to a
       power of two); a run passes its longest possible sequence so every call shares a program.
   """
@@ -108,7 +127,8 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
   if longest > max_len:
     raise ValueError(f"a sequence of {longest} tokens exceeds max_len={max_len}.")
   rows = padded_batch_size(min(rows, 1 << (len(sequences) - 1).bit_length()), mesh)
-  placed, steps = _pack([len(s) for s in sequences], rows, chunk)
+  rows, chunk, placed, steps = _layout([len(s) for s in sequences], rows, chunk, mesh)
+  max_len = -(-max_len // chunk) * chunk  # whole chunks: a chunk is written at its start slot
   width = bucket_length(steps, 8)  # allocated chunks per row: few distinct programs
   tokens = np.full((rows, width * chunk), pad_id, np.int32)
   targets, positions = tokens.copy(), np.full_like(tokens, -1)
