@@ -233,9 +233,9 @@ def test_score_pass_trades_rows_for_wider_chunks(models):
   reqs = requests()
   kw = dict(slots=3, max_new_tokens=max(BUDGETS), eos_ids=())
   codecoded = Engine((quant.model, quant.params), reference=(ref.model, ref.params), **kw).run(reqs)
+  plain = Engine((quant.model, quant.params), **kw).run(reqs)
   scored = score_reference((quant.model, quant.params), (ref.model, ref.params),
-                           [r.prompt for r in reqs], Engine((quant.model, quant.params), **kw).run(reqs),
-                           chunk=8, rows=16, max_len=max(lengths))
+                           [r.prompt for r in reqs], plain, chunk=8, rows=16, max_len=max(lengths))
   for want, got in zip(codecoded, scored):
     for field in ("kl", "ref_entropy", "ref_log_prob"):
       np.testing.assert_allclose(getattr(got, field), getattr(want, field), atol=1e-5,
