@@ -142,8 +142,10 @@ def test_control_sets_of_a_demo_run(demo_run):
   for name, chosen in ids.items():
     penalised = np.concatenate([np.load(demo_run / r["token_file"])["token_ids"] for r in rows
                                 if r["variant"] == f"w3a16-rtn+{name}"])
-    print(f"{name}: its tokens are {np.isin(penalised, chosen).mean():.4f} of the penalised run's "
-          f"tokens vs {np.isin(tokens, chosen).mean():.4f} of the source run's")
+    after, before = np.isin(penalised, chosen).mean(), np.isin(tokens, chosen).mean()
+    print(f"{name}: its tokens are {after:.4f} of the penalised run's tokens vs {before:.4f} of "
+          f"the source run's")
+    assert after < before, name  # λ = 2 lowers every chosen token's logit: emitted less
 
 
 def test_demo_report_shows_markers_controls_and_boost(demo_run):

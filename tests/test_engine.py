@@ -2,6 +2,7 @@
 `generate`) give for it, also for requests inserted into slots freed mid-run; sampled tokens
 depend only on (seed, request); chunked attention equals softmax attention computed in numpy."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,14 +55,15 @@ def test_greedy_equals_hf_and_static_for_inserted_requests(models, monkeypatch):
   engine = Engine((model, quant.params), slots=2, max_new_tokens=max(BUDGETS), eos_ids=[eos])
   results = engine.run(reqs)
   assert engine.stats.host_returns >= len(reqs) - 1
+  # One static batch of all seven, each row to its own budget (one compiled program).
+  static = generate((quant.model, quant.params), [list(r.prompt) for r in reqs],
+                    max_new_tokens=max(BUDGETS), budgets=BUDGETS, eos_ids=[eos], pad_id=0)
   ended = 0
-  for r, result in zip(reqs, results):
+  for i, (r, result) in enumerate(zip(reqs, results)):
     want = hf_greedy(hf, list(r.prompt), r.max_new_tokens, eos)
     assert result.tokens[0].tolist() == want
-    static = generate((quant.model, quant.params), [list(r.prompt)],
-                      max_new_tokens=r.max_new_tokens, eos_ids=[eos], pad_id=0)
-    assert result.sequences() == static.sequences()
-    assert result.finished[0] == static.finished[0] == (want[-1] == eos)
+    assert result.sequences()[0] == static.sequences()[i]
+    assert result.finished[0] == static.finished[i] == (want[-1] == eos)
     ended += bool(result.finished[0])
   assert 0 < ended < len(reqs)
 
@@ -112,10 +114,9 @@ def test_requests_enter_in_prefill_groups(models, monkeypatch):
   reqs = [Request([5 + i, 9, 11], b) for i, b in enumerate(budgets)]
   engine = Engine((quant.model, quant.params), slots=4, max_new_tokens=8, eos_ids=())
   results = engine.run(reqs)
-  for r, result in zip(reqs, results):
-    static = generate((quant.model, quant.params), [list(r.prompt)],
-                      max_new_tokens=r.max_new_tokens, eos_ids=())
-    assert result.sequences() == static.sequences()
+  static = generate((quant.model, quant.params), [list(r.prompt) for r in reqs],
+                    max_new_tokens=8, budgets=budgets, eos_ids=())
+  assert [r.sequences()[0] for r in results] == static.sequences()
 
 
 def test_sampled_tokens_depend_only_on_seed_and_request(models):
@@ -189,20 +190,21 @@ def test_chunked_attention_matches_numpy(bits):
     cache = LayerKV(qk, qv, sk, sv, bits)
     k = np.asarray(qk.astype(jnp.float32)) * np.asarray(sk)[..., None]
     v = np.asarray(qv.astype(jnp.float32)) * np.asarray(sv)[..., None]
+  attend = jax.jit(chunked_attention, static_argnums=(4, 5))  # one program per (t, chunk)
   for last in ([0, 17, 44, 30], [2, 20, 44, 9]):
     for t in (1, 3):
       query_slot = np.asarray(last)[:, None] - np.arange(t)[::-1]  # t consecutive queries
       q = rng.normal(size=(b, t, kv, g, d)).astype(np.float32)
       want = _numpy_attention(q, k, v, np.maximum(query_slot, 0))
       for chunk in (8, 16, 45, 512):  # 45 % 8 != 0: the last chunk overlaps the one before
-        got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
-                                jnp.asarray(query_slot.max(1)), jnp.float32, chunk)
+        got = attend(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
+                     jnp.asarray(query_slot.max(1)), jnp.float32, chunk)
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-6, err_msg=f"chunk {chunk}")
       # A row that doesn't matter (-1) visits nothing and gets zeros; the others are unchanged.
       skip = np.asarray(query_slot.max(1))
       skip[1] = -1
-      got = chunked_attention(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
-                              jnp.asarray(skip), jnp.float32, 8)
+      got = attend(jnp.asarray(q), cache, jnp.asarray(np.maximum(query_slot, 0)),
+                   jnp.asarray(skip), jnp.float32, 8)
       np.testing.assert_array_equal(np.asarray(got)[1], 0.0)
       np.testing.assert_allclose(np.asarray(got)[[0, 2, 3]], want[[0, 2, 3]], atol=2e-6)
       allowed = np.arange(slots)[None, None] <= np.maximum(query_slot, 0)[..., None]

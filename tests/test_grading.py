@@ -157,9 +157,14 @@ def test_truncated_response_is_wrong_and_flagged():
 
 
 def test_split_thinking_rules():
-  assert split_thinking("<think>abc</think>def") == split_thinking("<think>abc</think>def")
-  sections = split_thinking("<think>abc</think>def")
+  text = "<think>abc</think>def"
+  sections = split_thinking(text)
   assert (sections.thinking_start, sections.thinking_end, sections.answer_start) == (7, 10, 18)
+  assert text[sections.thinking_start:sections.thinking_end] == "abc"
+  assert (text[sections.answer_start:], sections.closed) == ("def", True)
+  # Without a leading <think> (the chat template put it in the prompt) the thinking starts at 0.
+  bare = split_thinking("abc</think>def")
+  assert (bare.thinking_start, bare.thinking_end, bare.answer_start) == (0, 3, 11)
   cut = split_thinking("abc", hit_max_tokens=True)
   assert (cut.thinking_end, cut.answer_start, cut.closed) == (3, 3, False)
   plain = split_thinking("abc")

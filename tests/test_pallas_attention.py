@@ -4,6 +4,7 @@ softmax attention computed in numpy and `chunked_attention` on the same cache, a
 lengths with GQA; a whole decode step of a model gives the chunked path's logits, and the request
 engine (and generation from a kv8 cache) its greedy tokens."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,18 @@ from jaxthink.models.kv_cache import LayerKV, init_kv_cache, quantize_kv
 from jaxthink.models.pallas_attention import (page_size_for, paged_decode_attention, paged_view,
                                               select_kernel)
 from hf_reference import make_hf_model
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_persistent_cache_writes():
+  """Interpret-mode kernels compile to host callbacks, which XLA:CPU cannot serialize: writing
+  them to the session's persistent cache segfaults. jax decides once per process whether the
+  cache is used, but reads the minimum compile time at every write."""
+  minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+  yield
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)
 
 
 B, KV, G, D, SLOTS = 3, 2, 3, 32, 96  # 96 slots: pages of 32, three per row

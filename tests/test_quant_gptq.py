@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxthink.quant.gptq import gptq
+from jaxthink.quant.numerics import fake_quantize, gram_error
 
 
 def gptq_reference(kernel, hessian, bits, groupsize=-1, percdamp=0.01, blocksize=128,
@@ -181,8 +182,16 @@ def test_cost_of_the_symmetric_grid_against_zero_points():
       for groupsize in (128, 512):
         err = {}
         for asym in (False, True):
-          d = w - _round_trip(w, bits, groupsize, asym)
+          # jaxthink's grid (float32) is numpy's (float64) but for ties at a rounding boundary.
+          ours = np.asarray(fake_quantize(jnp.asarray(w, jnp.float32), bits, groupsize,
+                                          symmetric=not asym), np.float64)
+          same = np.isclose(ours, _round_trip(w, bits, groupsize, asym), rtol=1e-5, atol=1e-6)
+          assert same.mean() > 0.999, (name, bits, groupsize, asym, same.mean())
+          d = w - ours
           err[asym] = np.sum((gram @ d) * d) / np.sum((gram @ w) * w)
+          np.testing.assert_allclose(float(gram_error(jnp.asarray(d, jnp.float32),
+                                                      jnp.asarray(gram, jnp.float32))),
+                                     np.sum((gram @ d) * d), rtol=1e-4)
         ratios[name, bits, groupsize] = err[False] / err[True]
         label = "per channel" if groupsize == 512 else f"g{groupsize}"
         print(f"  {name:13s} w{bits} {label:12s} symmetric {err[False]:.3e}  asymmetric "

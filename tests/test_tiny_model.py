@@ -2,6 +2,7 @@
 well in full precision, and the demo runs end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,18 +60,29 @@ def test_full_precision_greedy_accuracy(name, minimum):
   assert accuracy >= minimum
 
 
-def test_reduced_demo_end_to_end(tmp_path):
+def _demo_run(tmp_path: Path) -> Path:
+  """The demo run `.ci/run` has just made with the README's command (its output directory in
+  JAXTHINK_DEMO_RUN), or, outside CI, a reduced demo run here."""
+  if os.environ.get("JAXTHINK_DEMO_RUN"):
+    return Path(os.environ["JAXTHINK_DEMO_RUN"])
   out = tmp_path / "demo"
   proc = subprocess.run(
       [sys.executable, "-m", "jaxthink.eval", "--config", "configs/demo.yaml", "--set", "limit=4",
        "--set", "sampling.max_new_tokens=128", "--set", f"output_dir={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  return out
+
+
+def test_demo_end_to_end(tmp_path):
+  out = _demo_run(tmp_path)
+  limit = json.loads((out / "config.json").read_text())["limit"]
   summary = json.loads((out / "summary.json").read_text())
   n_variants = len(yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["variants"])
   assert len(summary["variants"]) == n_variants
   rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-  assert len(rows) == n_variants * 4
+  assert len(rows) == n_variants * limit
+  assert len({(r["variant"], r["problem_id"]) for r in rows}) == len(rows)
   report = (out / "report.md").read_text()
   for column in ("Accuracy (pass@1)", "Mean CoT tokens", "Markers / response", "Mean KL",
                  "Overthinking"):

@@ -30,6 +30,7 @@ tfds works here without TensorFlow because the builder writes ``array_record`` f
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import re
@@ -292,12 +293,17 @@ def build_benchmark(
   for split in BENCHMARKS[name].splits:
     read_problems(name, data_dir, split)  # validate before tfds wraps errors in its own machinery
   cache = _cache_root(cache_dir) / "tfds" / _source_digest(name, data_dir)
-  builder = JaxthinkMath(config=name, data_dir=str(cache))
-  builder.download_and_prepare(
-    download_dir=str(cache / "downloads"),
-    file_format="array_record",
-    download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)),
-  )
+  cache.mkdir(parents=True, exist_ok=True)
+  # Processes sharing a cache (two evals, parallel test workers) build a dataset one at a time:
+  # tfds renames its finished build into place and fails when another process got there first.
+  with open(cache / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = JaxthinkMath(config=name, data_dir=str(cache))
+    builder.download_and_prepare(
+      download_dir=str(cache / "downloads"),
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)),
+    )
   return builder
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost
+
 
 from jaxthink.models.sharding import make_mesh, param_sharding
 
@@ -42,6 +44,14 @@ def initialize_distributed(config: MeshConfig) -> None:
   if config.distributed and not jax.distributed.is_initialized():
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
                                num_processes=config.num_processes, process_id=config.process_id)
+
+
+def wait_for_every_process(name: str, timeout_s: int = 3600) -> None:
+  """Blocks until every process reaches the barrier `name` (unique per call site). A barrier of
+  the coordination service, not a collective: hosts that load or compile at different speeds
+  arrive minutes apart, and the first collective's transport (Gloo on CPU) gives up after 30 s."""
+  if jax.process_count() > 1:
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def mesh_from_config(config: MeshConfig) -> Mesh:

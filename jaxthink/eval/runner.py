@@ -21,7 +21,7 @@ from jaxthink.data.benchmarks import Problem, load_benchmark
 from jaxthink.data.markers import load_markers
 from jaxthink.decode.engine import Engine, Request
 from jaxthink.decode.generate import DecodeResult, bucket_length
-from jaxthink.decode.mesh import mesh_from_config, padded_batch_size
+from jaxthink.decode.mesh import mesh_from_config, padded_batch_size, wait_for_every_process
 from jaxthink.decode.score import score_reference
 from jaxthink.decode.sampling import Sampling
 from jaxthink.eval.config import EvalConfig, Variant
@@ -98,6 +98,7 @@ def _finished_keys(run: RunDir, keys: Sequence[str]) -> set[str]:
   """Keys already in results.jsonl; on several hosts, process 0's view (only it holds the file)."""
   done = {row["key"] for row in run.rows()}
   if jax.process_count() > 1:
+    wait_for_every_process("jaxthink: evaluate")  # the run's first collective follows
     mask = multihost_utils.broadcast_one_to_all(np.asarray([k in done for k in keys]))
     done = {k for k, d in zip(keys, np.asarray(mask)) if d}
   return done
