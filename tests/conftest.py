@@ -8,7 +8,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
+# CPU only, also where libtpu is installed (tests compile for TPU topologies without a TPU): a
+# process that initialises the TPU backend takes libtpu's machine-wide lock.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
 import pytest
 
 # Every process of the session (pytest-xdist workers, the eval command and notebooks that tests

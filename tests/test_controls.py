@@ -145,7 +145,11 @@ def test_control_sets_of_a_demo_run(demo_run):
     after, before = np.isin(penalised, chosen).mean(), np.isin(tokens, chosen).mean()
     print(f"{name}: its tokens are {after:.4f} of the penalised run's tokens vs {before:.4f} of "
           f"the source run's")
-    assert after < before, name  # λ = 2 lowers every chosen token's logit: emitted less
+    # λ = 2 lowers every chosen token's logit: never emitted more. The low-KL tokens are the
+    # confident ones (e.g. a digit at p ~ 1), whose choice a penalty of 2 rarely changes.
+    assert after <= before, name
+    if name == "high_kl":
+      assert after < before
 
 
 def test_demo_report_shows_markers_controls_and_boost(demo_run):

@@ -46,6 +46,21 @@ assert state.cache.layers[0].k.sharding.spec == P("data", "model"), state.cache.
 shard = state.ref_cache.layers[1].v.addressable_shards[0].data.shape
 assert shard == (4, 1, 32, 8), shard  # [batch / 2, 4 kv heads / 4, 16 + 16 slots, head_dim]
 assert state.tokens.sharding.spec == P("data") and state.generated.sharding.spec == P("data")
+
+# 2 kv heads on the 4-way 'model' axis: the cache holds each kv head twice and each device one
+# copy (not the whole cache on every device); tokens and records are one device's.
+make_hf_model(path + "/n", "qwen2", seed=2, num_attention_heads=8, num_key_value_heads=2,
+              intermediate_size=128)
+n = load(path + "/n")
+narrow = lambda mesh: generate((n.model, n.params), prompts, max_new_tokens=16, eos_ids=(),
+                               mesh=mesh)
+want, got = narrow(None), narrow(mesh)
+np.testing.assert_array_equal(got.tokens, want.tokens)
+assert np.abs(got.entropy - want.entropy).max() < 1e-5
+spec = LoopSpec(n.model, None, Sampling(), "off", (), 0, 16, None, jnp.dtype("float32"), mesh)
+k = init_state(spec, 8, 32).cache.layers[0].k
+assert k.shape == (8, 4, 32, 8) and k.sharding.spec == P("data", "model"), (k.shape, k.sharding)
+assert k.addressable_shards[0].data.shape == (4, 1, 32, 8)
 print("OK")
 """
 

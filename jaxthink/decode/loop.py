@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxthink.decode.mesh import constrain_state
+from jaxthink.decode.mesh import constrain_state, kv_replicas
 from jaxthink.decode.penalty import PenaltyArrays, apply_penalty
 from jaxthink.decode.sampling import Sampling, choose_tokens, row_keys
 from jaxthink.decode.state import DecodeState, Prefilled, TokenRecords
@@ -65,12 +65,25 @@ class LoopSpec:
     # jnp.float32 and jnp.dtype("float32") compare equal but hash differently: normalise, so
     # equal specs share one compiled program.
     object.__setattr__(self, "cache_dtype", jnp.dtype(self.cache_dtype))
+    # The models attend per shard of the mesh their programs run on.
+    for name in ("policy", "reference"):
+      model = getattr(self, name)
+      if model is not None and model.mesh != self.mesh:
+        object.__setattr__(self, name, model.clone(mesh=self.mesh))
     if self.penalty_mode == "off":
       object.__setattr__(self, "penalty_mode", "constant")
 
 
 def _constrain(spec: LoopSpec, tree):
-  return constrain_state(tree, spec.mesh, spec.policy.config.num_kv_heads)
+  return constrain_state(tree, spec.mesh)
+
+
+def _empty_cache(spec: LoopSpec, model: Decoder, batch: int, max_len: int,
+                 kv_bits: int | None = None):
+  """`model`'s empty cache, its kv heads replicated as the mesh's 'model' axis needs."""
+  platform = None if spec.mesh is None else spec.mesh.devices.flat[0].platform
+  return init_kv_cache(model.config, batch, max_len, spec.cache_dtype, kv_bits,
+                       kv_replicas(model.config, spec.mesh), platform)
 
 
 def _measure(spec: LoopSpec, logits: jax.Array, ref_logits: jax.Array | None,
@@ -118,7 +131,11 @@ def _record(spec: LoopSpec, s: DecodeState, chosen: jax.Array, values: TokenReco
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def init_state(spec: LoopSpec, batch: int, max_len: int) -> DecodeState:
-  """`batch` empty (done) decode slots with caches of `max_len` slots per row."""
+  """`batch` empty (done) decode slots with caches of `max_len` slots per row, rounded up to
+  whole attention chunks (the chunked loop then gathers whole chunks, which XLA:TPU does in
+  place)."""
+  chunk = spec.policy.attention_chunk
+  max_len = -(-max_len // chunk) * chunk if max_len > chunk else max_len
   buffer = lambda dtype: jnp.zeros((batch, spec.max_new_tokens), dtype)
   records = TokenRecords(entropy=buffer(jnp.float32), log_prob=buffer(jnp.float32),
                          is_marker=buffer(jnp.bool_), penalty_fired=buffer(jnp.bool_),
@@ -132,9 +149,9 @@ def init_state(spec: LoopSpec, batch: int, max_len: int) -> DecodeState:
       ended=per_row(False, jnp.bool_), done=per_row(True, jnp.bool_),
       last_token=per_row(spec.pad_id, jnp.int32), keys=row_keys(0, batch),
       tokens=jnp.full((batch, spec.max_new_tokens), spec.pad_id, jnp.int32), records=records,
-      cache=init_kv_cache(spec.policy.config, batch, max_len, spec.cache_dtype, spec.kv_bits),
-      ref_cache=None if spec.reference is None else init_kv_cache(
-          spec.reference.config, batch, max_len, spec.cache_dtype))
+      cache=_empty_cache(spec, spec.policy, batch, max_len, spec.kv_bits),
+      ref_cache=None if spec.reference is None else _empty_cache(spec, spec.reference, batch,
+                                                                 max_len))
   return _constrain(spec, state)
 
 
@@ -155,7 +172,7 @@ def prefill(spec: LoopSpec, params: Any, ref_params: Any, tokens: jax.Array, len
 
   def run(model: Decoder, model_params, kv_bits):
     # A prompt-sized cache keeps prefill attention [prompt, prompt], not [prompt, prompt + new].
-    cache = init_kv_cache(model.config, n, bucket, spec.cache_dtype, kv_bits)
+    cache = _empty_cache(spec, model, n, bucket, kv_bits)
     logits, cache = model.apply({"params": model_params}, tokens, positions, mask,
                                 _constrain(spec, cache), last_only=True)
     return logits[:, 0], cache

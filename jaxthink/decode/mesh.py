@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import multihost
 
 
+from jaxthink.models.config import ModelConfig
 from jaxthink.models.sharding import make_mesh, param_sharding
 
 
@@ -101,22 +102,39 @@ def place_params(params: Any, mesh: Mesh | None) -> Any:
   return jax.tree_util.tree_map_with_path(place, params)
 
 
-def constrain_state(tree: Any, mesh: Mesh | None, num_kv_heads: int) -> Any:
-  """Sharding constraints for a decode state: batch-leading arrays on 'data', scalars replicated,
-  and cache arrays (`[batch, kv_heads, len, ...]`) also on 'model' along kv heads if it divides."""
+def kv_replicas(config: ModelConfig, mesh: Mesh | None) -> int:
+  """Copies of each kv head the cache holds (`init_kv_cache`) so that the 'model' axis splits it.
+
+  1 when the axis divides the kv heads (each device holds its share) or there is no mesh. When the
+  axis is wider (1.5B's 2 kv heads on a 4-way axis), `model / kv_heads` copies: each device then
+  holds one kv head, the one its query heads read, as MaxText and tpu-inference shard GQA caches;
+  otherwise every device would hold the whole cache. Where neither divides, 1 (replicated).
+  """
+  model = 1 if mesh is None else mesh.shape["model"]
+  kv = config.num_kv_heads
+  if kv % model == 0 or model % kv or config.num_heads % model:
+    return 1
+  return model // kv
+
+
+def state_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+  """Where an array of a decode state lives: batch-leading arrays on 'data', scalars replicated,
+  and cache arrays (`[batch, kv_heads, len, ...]`) also on 'model' along kv heads where it
+  divides them (`kv_replicas` makes it)."""
+  if len(shape) == 0:
+    return NamedSharding(mesh, P())
+  if len(shape) >= 3:
+    heads = "model" if shape[1] % mesh.shape["model"] == 0 else None
+    return NamedSharding(mesh, P("data", heads, *(None,) * (len(shape) - 2)))
+  return NamedSharding(mesh, P("data", *(None,) * (len(shape) - 1)))
+
+
+def constrain_state(tree: Any, mesh: Mesh | None) -> Any:
+  """`tree` (a decode state, cache or prefill result) constrained to `state_sharding`."""
   if mesh is None:
     return tree
-  heads = "model" if num_kv_heads % mesh.shape["model"] == 0 else None
-
-  def spec(x):
-    if x.ndim == 0:
-      return P()
-    if x.ndim >= 3:
-      return P("data", heads, *(None,) * (x.ndim - 2))
-    return P("data", *(None,) * (x.ndim - 1))
-
   return jax.tree.map(
-      lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(x))), tree)
+      lambda x: jax.lax.with_sharding_constraint(x, state_sharding(x.shape, mesh)), tree)
 
 
 def to_numpy(x: Any) -> Any:

@@ -22,16 +22,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxthink.decode.generate import DecodeResult, _model_and_params, bucket_length
-from jaxthink.decode.mesh import padded_batch_size, place_params, put_batch, to_numpy
+from jaxthink.decode.mesh import (constrain_state, kv_replicas, padded_batch_size, place_params,
+                                  put_batch, to_numpy)
 from jaxthink.decode.stats import entropy, kl_divergence, log_probs, token_log_prob
 from jaxthink.models.decoder import Decoder
 from jaxthink.models.kv_cache import init_kv_cache
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype: Any,
-           max_len: int, params: Any, ref_params: Any, tokens: jax.Array, targets: jax.Array,
-           positions: jax.Array, fresh: jax.Array, steps: jax.Array):
+           max_len: int, mesh: Mesh | None, params: Any, ref_params: Any, tokens: jax.Array,
+           targets: jax.Array, positions: jax.Array, fresh: jax.Array, steps: jax.Array):
   """Teacher-forced statistics of packed rows: `tokens`, `targets` (the next token) and
   `positions` `[rows, T * chunk]` hold sequences one after another, each starting at a chunk
   boundary (`fresh` `[rows, T]`, where a row's cache restarts) with positions from 0 (-1 at
@@ -39,6 +40,7 @@ def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype
   each `[rows, T * chunk]` float32."""
   rows, width = tokens.shape
   chunk = width // fresh.shape[1]
+  policy, reference = policy.clone(mesh=mesh), reference.clone(mesh=mesh)  # attend per shard
   as_chunks = lambda x: x.reshape(rows, -1, chunk).swapaxes(0, 1)  # [T, rows, chunk]
   tokens, targets, positions = as_chunks(tokens), as_chunks(targets), as_chunks(positions)
 
@@ -58,8 +60,11 @@ def _score(policy: Decoder, reference: Decoder, kv_bits: int | None, cache_dtype
     out = tuple(jax.lax.dynamic_update_index_in_dim(o, x, i, 0) for o, x in zip(out, stats))
     return cache, ref_cache, out
 
-  caches = (init_kv_cache(policy.config, rows, max_len, cache_dtype, kv_bits),
-            init_kv_cache(reference.config, rows, max_len, cache_dtype))
+  caches = constrain_state(
+      (init_kv_cache(policy.config, rows, max_len, cache_dtype, kv_bits,
+                     kv_replicas(policy.config, mesh)),
+       init_kv_cache(reference.config, rows, max_len, cache_dtype, None,
+                     kv_replicas(reference.config, mesh))), mesh)
   out = tuple(jnp.zeros(tokens.shape, jnp.float32) for _ in range(3))
   *_, out = jax.lax.fori_loop(0, steps, step, (*caches, out))
   return tuple(x.swapaxes(0, 1).reshape(rows, width) for x in out)
@@ -146,7 +151,7 @@ def score_reference(policy, reference, prompts: Sequence[Sequence[int]],
       column += -(-n // chunk) * chunk
   put = lambda x: put_batch(x, mesh)
   kl, ref_entropy, ref_log_prob = to_numpy(_score(
-      model, ref_model, kv_bits, cache_dtype, max_len, params, ref_params, put(tokens),
+      model, ref_model, kv_bits, cache_dtype, max_len, mesh, params, ref_params, put(tokens),
       put(targets), put(positions), put(fresh), jnp.asarray(steps, jnp.int32)))
   out = list(results)
   for i, r in enumerate(results):

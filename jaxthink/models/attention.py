@@ -16,12 +16,14 @@ probabilities, so no float copy of the cache is made.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.kv_cache import LayerKV
@@ -133,9 +135,20 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
     row = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), b - 1)
     c = pair - (ends[row] - chunks[row])  # the chunk within its row
     start = jnp.minimum(c * chunk, max_len - chunk)
-    take = lambda x: None if x is None else jax.vmap(  # one gather of [w, kv, chunk, ...]
-        lambda r, s: jax.lax.dynamic_slice(x, (r, 0, s) + (0,) * (x.ndim - 3),
-                                           (1, x.shape[1], chunk) + x.shape[3:])[0])(row, start)
+    sequence = row[:, None] * heads + jnp.arange(heads)  # [w, kv]: (row, head) of the flat view
+
+    def take(x):
+      """[w, kv, chunk, ...] from `x` `[b, kv, slots, ...]`. When chunks tile the slots, one
+      gather of whole chunks from the `[b * kv * chunks, chunk, ...]` view (a reshape): XLA:TPU
+      relayouts the whole cache on every step for a gather of (row, slot) offsets instead."""
+      if x is None:
+        return None
+      if max_len % chunk == 0:
+        pieces = x.reshape((b * heads * (max_len // chunk), chunk) + x.shape[3:])
+        return pieces[sequence * (max_len // chunk) + jnp.minimum(c, max_len // chunk - 1)[:, None]]
+      piece = lambda r, s: jax.lax.dynamic_slice(x, (r, 0, s) + (0,) * (x.ndim - 3),
+                                                 (1, heads, chunk) + x.shape[3:])[0]
+      return jax.vmap(piece)(row, start)
     slot = start[:, None] + jnp.arange(chunk)  # [w, chunk]
     ok = ((pair < ends[-1])[:, None, None] & (slot >= (c * chunk)[:, None])[:, None]
           & (slot[:, None] <= query_slot[row][..., None]))  # [w, t, chunk]
@@ -150,6 +163,35 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
   return acc / jnp.where(total > 0, total, 1.0)[..., None]
 
 
+def attend_over_cache(q: jax.Array, kv: LayerKV, starts: jax.Array, limit: jax.Array, *,
+                      how: str, dtype, chunk: int, platform: str | None) -> jax.Array:
+  """Attention of `q` `[b, t, kv, g, d]` (queries at slots `starts[b] .. + t - 1`) over a cache
+  that already holds them, the way `how` names (`DECODE_ATTENTION`); `[b, kv, g, t, d]` float32.
+  `platform`: where it runs (None: JAX's default backend), which picks a Pallas kernel."""
+  t = q.shape[1]
+  query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
+  if how in PALLAS_OPTIONS and t == 1:
+    return paged_decode_attention(q, kv, starts + 1, *select_kernel(how, platform))
+  if how != "dense":
+    return chunked_attention(q, kv, query_slot, limit, dtype, chunk)
+  key_slot = jnp.arange(kv.k.shape[2])
+  return dense_attention(q, kv, key_slot[None, None] <= query_slot[..., None], dtype)
+
+
+def per_shard(attend, mesh: Any, kv_heads: int):
+  """`attend` (`attend_over_cache`'s signature) run on each device of `mesh` over its own rows
+  ('data') and kv heads ('model', where it divides them; else every device takes all heads):
+  inside `shard_map` a Pallas kernel needs no partitioning (GSPMD cannot partition one) and the
+  chunked loop walks only the device's own rows, gathering from its own shard."""
+  heads = "model" if kv_heads % mesh.shape["model"] == 0 else None
+  rows = P("data", heads)  # [batch, kv_heads, ...] cache arrays, [batch, kv, g, t, d] out
+  cache = lambda kv: LayerKV(rows, rows, None if kv.k_scale is None else rows,
+                             None if kv.v_scale is None else rows, kv.bits)
+  return lambda q, kv, starts, limit: jax.shard_map(
+      attend, mesh=mesh, in_specs=(P("data", None, heads), cache(kv), P("data"), P("data")),
+      out_specs=rows, check_vma=False)(q, kv, starts, limit)
+
+
 class Attention(nn.Module):
   config: ModelConfig
   inv_freq: np.ndarray  # [head_dim // 2], static
@@ -158,6 +200,7 @@ class Attention(nn.Module):
   quant: Any = None
   decode_attention: str = "chunked"
   attention_chunk: int = ATTENTION_CHUNK
+  mesh: Any = None  # a ('data', 'model') Mesh: attention over the cache runs per shard
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array | None,
@@ -168,7 +211,8 @@ class Attention(nn.Module):
       x: `[batch, seq, hidden]`.
       positions: `[batch, seq]` rotary positions.
       allowed: without a cache, `[batch, seq, seq]` bool: which keys each query may attend to.
-      kv: this layer's cache (`LayerKV`, `[batch, kv_heads, max_len, head_dim]`), or None.
+      kv: this layer's cache (`LayerKV`, `[batch, kv_heads, max_len, head_dim]`, or a multiple of
+        kv_heads: each head's copies side by side, see `init_kv_cache`), or None.
       starts: with `kv`, `[batch]` the slot where each row's first new token goes; the row's
         queries attend to every slot up to their own.
       limit: with `kv`, `[batch]` each row's highest query slot that matters, -1 for a row
@@ -201,20 +245,23 @@ class Attention(nn.Module):
       rotation = jnp.asarray(self.quant.kv_rotation_matrix(cfg.head_dim), self.dtype)
       q = jnp.matmul(q, rotation, precision=jax.lax.Precision.HIGHEST)
       k = jnp.matmul(k, rotation, precision=jax.lax.Precision.HIGHEST)
-    q = q.reshape(b, t, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
+    if kv is not None and kv.k.shape[1] != cfg.num_kv_heads:  # a cache of replicated kv heads
+      copies = kv.k.shape[1] // cfg.num_kv_heads
+      k, v = jnp.repeat(k, copies, axis=2), jnp.repeat(v, copies, axis=2)
+    heads = k.shape[2]  # query head h reads kv head h // (num_heads / heads)
+    q = q.reshape(b, t, heads, cfg.num_heads // heads, cfg.head_dim)
 
     if kv is None:
       out = dense_attention(q, LayerKV(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)), allowed,
                             self.dtype)
     else:  # written first (quantized on write), so attention sees what the cache holds
       kv = kv.write(k, v, starts)
-      query_slot = starts[:, None] + jnp.arange(t)  # [b, t]
-      if self.decode_attention in PALLAS_OPTIONS and t == 1:
-        out = paged_decode_attention(q, kv, starts + 1, *select_kernel(self.decode_attention))
-      elif self.decode_attention != "dense":
-        out = chunked_attention(q, kv, query_slot, limit, self.dtype, self.attention_chunk)
-      else:
-        key_slot = jnp.arange(kv.k.shape[2])
-        out = dense_attention(q, kv, key_slot[None, None] <= query_slot[..., None], self.dtype)
+      attend = functools.partial(
+          attend_over_cache, how=self.decode_attention, dtype=self.dtype,
+          chunk=self.attention_chunk,
+          platform=None if self.mesh is None else self.mesh.devices.flat[0].platform)
+      if self.mesh is not None:
+        attend = per_shard(attend, self.mesh, heads)
+      out = attend(q, kv, starts, limit)
     out = out.astype(self.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * cfg.head_dim)
     return linear("o_proj", cfg.hidden_size, cfg.o_bias)(out), kv

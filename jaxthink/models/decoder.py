@@ -27,13 +27,15 @@ class Block(nn.Module):
   quant: Any = None
   decode_attention: str = "chunked"
   attention_chunk: int = ATTENTION_CHUNK
+  mesh: Any = None
 
   @nn.compact
   def __call__(self, x, positions, allowed, kv, starts, limit):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype, name=name)
     attn_out, kv = Attention(cfg, self.inv_freq, self.dtype, self.param_dtype, self.quant,
-                             self.decode_attention, self.attention_chunk, name="self_attn")(
+                             self.decode_attention, self.attention_chunk, self.mesh,
+                             name="self_attn")(
                                  norm("input_layernorm")(x), positions, allowed, kv, starts, limit)
     x = x + attn_out
     x = x + MLP(cfg.intermediate_size, cfg.mlp_bias, self.dtype, self.param_dtype, self.quant,
@@ -54,6 +56,9 @@ class Decoder(nn.Module):
       "pallas_gpu" force one, interpreted on CPU) for one-token steps over a cache
       (`jaxthink.models.attention`, `jaxthink.models.pallas_attention`).
     attention_chunk: slots per step of the chunked attention loop.
+    mesh: the `('data', 'model')` device mesh the program runs on, or None (one device): attention
+      over a cache then runs per shard (`jaxthink.models.attention.per_shard`). The decode
+      programs set it from their own mesh.
   """
 
   config: ModelConfig
@@ -62,6 +67,7 @@ class Decoder(nn.Module):
   quant: Any = None
   decode_attention: str = "chunked"
   attention_chunk: int = ATTENTION_CHUNK
+  mesh: Any = None
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
@@ -102,7 +108,7 @@ class Decoder(nn.Module):
     for i in range(cfg.num_layers):
       kv = None if kv_cache is None else kv_cache.layers[i]
       x, kv = Block(cfg, inv_freq, self.dtype, self.param_dtype, self.quant,
-                    self.decode_attention, self.attention_chunk, name=f"layers_{i}")(
+                    self.decode_attention, self.attention_chunk, self.mesh, name=f"layers_{i}")(
                         x, positions, allowed, kv, starts, limit)
       new_layers.append(kv)
     if last_only:  # each row's last real token (right- or left-padded)

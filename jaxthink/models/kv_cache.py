@@ -22,11 +22,11 @@ from jaxthink.models.config import ModelConfig
 KV_BITS = (None, 8, 4)
 
 
-def _storage(bits: int):
-  """The integer type holding `bits`-bit values. XLA:CPU handles packed int4 slowly (a one-token
-  update rewrites the whole buffer: ~200 ms per layer at 8K slots), so on CPU 4-bit values live
-  in int8; accelerators store them packed."""
-  return jnp.int8 if bits == 8 or jax.default_backend() == "cpu" else jnp.int4
+def _storage(bits: int, platform: str | None = None):
+  """The integer type holding `bits`-bit values on `platform` (None: JAX's default backend).
+  XLA:CPU handles packed int4 slowly (a one-token update rewrites the whole buffer: ~200 ms per
+  layer at 8K slots), so on CPU 4-bit values live in int8; accelerators store them packed."""
+  return jnp.int8 if bits == 8 or (platform or jax.default_backend()) == "cpu" else jnp.int4
 
 
 def quantize_kv(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
@@ -96,22 +96,32 @@ class KVCache:
 
 
 def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype=jnp.bfloat16,
-                  kv_bits: int | None = None) -> KVCache:
+                  kv_bits: int | None = None, kv_replicas: int = 1,
+                  platform: str | None = None) -> KVCache:
   """An empty cache; `max_len` = prompt length + max new tokens (the caller sizes it).
 
   Args:
     dtype: storage dtype of a float cache (ignored when quantized).
     kv_bits: None for a float cache, 8 or 4 for a symmetric integer cache.
+    kv_replicas: copies of each kv head (adjacent: heads `[0, 0, 1, 1]` for 2): a tensor-parallel
+      axis wider than the kv heads then splits the cache, each device holding the one copy its
+      query heads read (`jaxthink.decode.mesh.kv_replicas`). Attention reads the count off the
+      cache.
+    platform: where the cache lives (None: JAX's default backend), which picks 4-bit storage.
   """
   if kv_bits not in KV_BITS:
     raise ValueError(f"kv_bits={kv_bits!r} is not supported; use one of {KV_BITS}.")
-  shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+  heads = config.num_kv_heads * kv_replicas
+  if kv_replicas < 1 or config.num_heads % heads:
+    raise ValueError(f"kv_replicas={kv_replicas}: the {config.num_heads} query heads must split "
+                     f"evenly over {heads} cached kv heads.")
+  shape = (batch, heads, max_len, config.head_dim)
 
   def layer() -> LayerKV:
     if kv_bits is None:
       return LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     scales = lambda: jnp.zeros(shape[:3], jnp.float32)  # [batch, kv_heads, max_len]
-    store = _storage(kv_bits)
+    store = _storage(kv_bits, platform)
     return LayerKV(jnp.zeros(shape, store), jnp.zeros(shape, store), scales(), scales(), kv_bits)
 
   return KVCache(layers=tuple(layer() for _ in range(config.num_layers)),

@@ -45,9 +45,10 @@ Block sizes are the kernels' documented constraints, not tuned: no accelerator w
 session that wrote this. The TPU kernel runs with `megacore_mode=None`; on v4 / v5p chips (two
 TensorCores run as one device) `"batch"` would split the `batch * kv_heads` sequences (always even
 for the study's models) over both cores, left off because the kernel's docs warn it hangs where
-megacore is not enabled, and it could not be tried on hardware. On a device mesh the kernel call
-is not partitioned by XLA (a Pallas call is opaque to GSPMD), so this path is for one device per
-model replica; `chunked` is the sharded one.
+megacore is not enabled, and it could not be tried on hardware. On a device mesh the kernel runs
+inside `shard_map` (`jaxthink.models.attention.per_shard`): GSPMD cannot partition a Pallas call,
+and each device attends over its own rows and kv heads anyway. The kernel is picked for the
+platform of the mesh's devices, so a CPU host compiling for a TPU slice builds the TPU program.
 """
 
 from __future__ import annotations
