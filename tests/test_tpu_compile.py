@@ -57,10 +57,11 @@ def test_each_chip_holds_half_the_cache_and_a_quarter_of_the_weights(chunked):
   records = SLOTS * NEW * (4 + 4 + 4 + 1 + 1 + 1) + SLOTS * (4 * 5 + 8 + 4)
   vocab_masks = 2 * CONFIG.vocab_size + 4 + 4 + 4 + 4
   want = weights_per_chip + cache_per_chip + records + vocab_masks
-  print(f"\nper chip: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB (hand count "
-        f"{want / 2**20:.1f}: weights {weights_per_chip / 2**20:.1f} of {weights_global / 2**20:.1f},"
-        f" cache {cache_per_chip / 2**20:.1f} of {cache_global / 2**20:.1f}), temporaries "
-        f"{memory.temp_size_in_bytes / 2**20:.1f} MiB")
+  mib = lambda n: f"{n / 2**20:.1f}"
+  print(f"\nper chip: arguments {mib(memory.argument_size_in_bytes)} MiB (hand count "
+        f"{mib(want)}: weights {mib(weights_per_chip)} of {mib(weights_global)}, cache "
+        f"{mib(cache_per_chip)} of {mib(cache_global)}), temporaries "
+        f"{mib(memory.temp_size_in_bytes)} MiB")
   assert abs(memory.argument_size_in_bytes - want) <= 0.01 * want
   assert weights_per_chip < 0.3 * weights_global  # split over 'model' (norms stay whole)
   # Before the kv heads were replicated per chip, each chip held the whole cache.

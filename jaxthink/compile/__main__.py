@@ -1,6 +1,7 @@
-"""`python -m jaxthink.compile --config <eval config>`: compiles the run's programs for its TPU slice
-on this machine (no TPU, no weights: the architecture from config.json, or a study model's known
-one) and says whether each compiles and fits. Exits 1 when one does not, 2 on a config error."""
+"""`python -m jaxthink.compile --config <eval config>`: compiles the run's programs for its TPU
+slice on this machine (no TPU, no weights: the architecture from config.json, or a study model's
+known one) and says whether each compiles and fits. Exits 1 when one does not, 2 on a config
+error."""
 
 from __future__ import annotations
 

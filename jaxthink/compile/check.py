@@ -94,11 +94,10 @@ def check_programs(config: ModelConfig, mesh, capacity: int, *, variants: dict[s
                     config.eos_token_ids, config.pad_token_id or 0, max_new_tokens, kv_bits,
                     dtype, mesh)
     ref_params = float_params if codecode else None
-    for program, build in (("prefill", lambda: compile_prefill(loop, params, ref_params,
-                                                               padded_batch_size(prefill_rows, mesh),
-                                                               prompt_len)),
-                           ("decode", lambda: compile_decode(loop, params, ref_params, slots,
-                                                             max_len))):
+    rows = padded_batch_size(prefill_rows, mesh)
+    for program, build in (
+        ("prefill", lambda: compile_prefill(loop, params, ref_params, rows, prompt_len)),
+        ("decode", lambda: compile_decode(loop, params, ref_params, slots, max_len))):
       log(f"compiling {program} {label} ({', '.join(names)}) ...")
       start = time.perf_counter()
       try:
