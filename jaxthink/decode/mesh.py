@@ -18,7 +18,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import multihost
 
-
 from jaxthink.models.config import ModelConfig
 from jaxthink.models.sharding import make_mesh, param_sharding
 

@@ -144,8 +144,9 @@ def chunked_attention(q: jax.Array, kv: LayerKV, query_slot: jax.Array, row_limi
       if x is None:
         return None
       if max_len % chunk == 0:
-        pieces = x.reshape((b * heads * (max_len // chunk), chunk) + x.shape[3:])
-        return pieces[sequence * (max_len // chunk) + jnp.minimum(c, max_len // chunk - 1)[:, None]]
+        per_row = max_len // chunk
+        pieces = x.reshape((b * heads * per_row, chunk) + x.shape[3:])
+        return pieces[sequence * per_row + jnp.minimum(c, per_row - 1)[:, None]]
       piece = lambda r, s: jax.lax.dynamic_slice(x, (r, 0, s) + (0,) * (x.ndim - 3),
                                                  (1, heads, chunk) + x.shape[3:])[0]
       return jax.vmap(piece)(row, start)
